@@ -1,0 +1,36 @@
+# pgsight: `make demo` and `make test` work on a fresh machine (CPU PyTorch, embedded PostgreSQL).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test faults bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned (constraints.txt): an open range would pull a multi-GB CUDA build
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PIP) install -q -c constraints.txt torch==2.13.0
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PIP) install -q -c constraints.txt -e '.[models,test]' ruff
+	touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/pgsight demo
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+faults: venv
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/run_all.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-out bench/out

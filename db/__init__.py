@@ -1,0 +1,1 @@
+"""The database side of pgsight: DSN resolution, the embedded server, migrations, ORM helpers."""

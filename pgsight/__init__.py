@@ -1,0 +1,2 @@
+"""pgsight: multimodal models inside PostgreSQL."""
+__version__ = "0.1.0"

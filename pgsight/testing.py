@@ -1,0 +1,164 @@
+"""Test helpers for pgsight and for its users' own integration tests.
+
+One DSN seam: `$PGSIGHT_TEST_DSN` (an admin DSN of a server with pgvector) if set, else a
+testcontainers pgvector container when a Docker engine answers, else the embedded server in a
+temporary directory. Each test gets its own database, copied from a migrated template (fast).
+
+    from pgsight.testing import TestServer
+    with TestServer() as server, server.database() as dsn:
+        ...                                   # a migrated, empty database
+
+or, with pytest: `pytest_plugins = ["pgsight.testing"]` gives the fixtures `pgsight_server`
+(session) and `pgsight_dsn` (a fresh database per test).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgsight import udf
+from pgsight.db import migrate
+
+PGVECTOR_IMAGE = os.environ.get("PGSIGHT_TEST_IMAGE", "pgvector/pgvector:pg17")
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers (the client alone is not enough)."""
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return False
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+class TestServer:
+    """A PostgreSQL server for tests; `kind` says which: 'dsn', 'testcontainers' or 'embedded'."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, prefer: str | None = None) -> None:
+        self.prefer = prefer or os.environ.get("PGSIGHT_TEST_SERVER")
+        self.kind = ""
+        self.admin_dsn = ""
+        self._container = None
+        self._embedded = None
+        self._tmp: str | None = None
+        self._template: str | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> TestServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if os.environ.get("PGSIGHT_TEST_DSN") and self.prefer in (None, "dsn"):
+            self.kind, self.admin_dsn = "dsn", os.environ["PGSIGHT_TEST_DSN"]
+        elif self.prefer in (None, "testcontainers") and docker_available():
+            from testcontainers.postgres import PostgresContainer
+
+            self._container = PostgresContainer(PGVECTOR_IMAGE, driver=None).start()
+            self.kind, self.admin_dsn = "testcontainers", self._container.get_connection_url()
+        else:
+            from pgsight.db.embedded import EmbeddedServer
+
+            self._tmp = tempfile.mkdtemp(prefix="pgsight-test-")
+            # durability off: tests never survive a crash of the machine anyway
+            self._embedded = EmbeddedServer(Path(self._tmp), settings={
+                "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+            self.kind, self.admin_dsn = "embedded", self._embedded.start()
+
+    def stop(self) -> None:
+        if self._container is not None:
+            self._container.stop()
+        if self._embedded is not None:
+            self._embedded.destroy()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def dsn(self, dbname: str) -> str:
+        return make_conninfo(self.admin_dsn, dbname=dbname)
+
+    def template(self) -> str:
+        """A migrated template database, made once per schema version (its name hashes the SQL)."""
+        with self._lock:
+            if self._template is None:
+                digest = hashlib.sha1("".join(udf.read(f) for f in ("schema.sql", *udf.FUNCTION_FILES)).encode())
+                name = f"pgsight_tpl_{digest.hexdigest()[:12]}"
+                with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                        tmp = f"{name}_{uuid.uuid4().hex[:6]}"
+                        conn.execute(f'CREATE DATABASE "{tmp}"')
+                        migrate.upgrade(self.dsn(tmp))
+                        conn.execute(f'ALTER DATABASE "{tmp}" RENAME TO "{name}"')
+                self._template = name
+            return self._template
+
+    @contextmanager
+    def database(self, keep: bool = False) -> Iterator[str]:
+        """A fresh migrated database; dropped afterwards unless `keep`."""
+        name = f"pgsight_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template()}"')
+        try:
+            yield self.dsn(name)
+        finally:
+            if not keep:
+                with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def running_worker(dsn: str, image_roots: list[Path] | None = None, **config) -> Iterator:
+    """A worker on a background thread of this process, stopped (gracefully) on exit."""
+    from pgsight.worker.loop import Worker, WorkerConfig
+
+    config.setdefault("poll_interval", 0.2)
+    config.setdefault("heartbeat_interval", 0.5)
+    worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_roots or []), **config))
+    thread = threading.Thread(target=worker.run, name="pgsight-test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop.set()
+        thread.join(timeout=30)
+
+
+def dbname(dsn: str) -> str:
+    return conninfo_to_dict(dsn).get("dbname", "")
+
+
+try:  # pytest fixtures, for `pytest_plugins = ["pgsight.testing"]`
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def pgsight_server() -> Iterator[TestServer]:
+        with TestServer() as server:
+            yield server
+
+    @pytest.fixture
+    def pgsight_dsn(pgsight_server: TestServer) -> Iterator[str]:
+        with pgsight_server.database() as dsn:
+            yield dsn
+except ImportError:  # pragma: no cover - pytest is optional
+    pass

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest_plugins = ["pgsight.testing"]
+
+
+@pytest.fixture
+def dsn(pgsight_dsn: str) -> str:
+    return pgsight_dsn
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "images"
+    d.mkdir()
+    return d
+
+
+def write_png(path: Path, seed: int, size: int = 16) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def png_bytes(seed: int, size: int = 16) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,96 @@
+-- Jobs: ml.wait / ml.cancel for users; claim, heartbeat and finish for workers running training
+-- and evaluation jobs.
+
+-- Block until a job ends; returns its final status. Polls through the loopback connection, so it
+-- sees the worker's progress whatever the caller's isolation level.
+CREATE OR REPLACE FUNCTION ml.wait(job_id bigint, timeout interval DEFAULT '10 minutes') RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+DECLARE
+    conn text := ml._loopback();
+    deadline timestamptz := clock_timestamp() + timeout;
+    st text;
+    err text;
+    pause float8 := 0.02;
+BEGIN
+    IF job_id IS NULL THEN
+        RAISE EXCEPTION 'pgsight: ml.wait(NULL): no job id';
+    END IF;
+    LOOP
+        SELECT r.status, r.error INTO st, err
+        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s', job_id)) AS r(status text, error text);
+        IF st IS NULL THEN
+            IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id) THEN
+                RAISE EXCEPTION 'pgsight: job % was created in this transaction and no worker can see it yet', job_id
+                    USING HINT = format('COMMIT first, then SELECT ml.wait(%s)', job_id);
+            END IF;
+            RAISE EXCEPTION 'pgsight: no job %', job_id;
+        END IF;
+        IF st IN ('done', 'failed', 'cancelled') THEN
+            IF err IS NOT NULL THEN
+                RAISE NOTICE 'pgsight: job % %: %', job_id, st, err;
+            END IF;
+            RETURN st;
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'pgsight: job % still % after %', job_id, st, timeout
+                USING HINT = 'see SELECT * FROM ml.jobs WHERE id = ' || job_id || '; is a worker running (ml.workers)?';
+        END IF;
+        PERFORM pg_sleep(pause);
+        pause := least(pause * 1.5, 0.5);
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION ml.cancel(job_id bigint) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    st text;
+BEGIN
+    UPDATE ml.jobs j SET status = 'cancelled', finished_at = now()
+    WHERE j.id = job_id AND j.status IN ('queued', 'running') RETURNING j.status INTO st;
+    IF st IS NULL THEN
+        SELECT j.status INTO st FROM ml.jobs j WHERE j.id = job_id;
+        IF st IS NULL THEN
+            RAISE EXCEPTION 'pgsight: no job %', job_id;
+        END IF;
+        RETURN st;  -- already over
+    END IF;
+    DELETE FROM ml.queue q WHERE q.job_id = cancel.job_id;
+    RETURN st;
+END $$;
+
+-- Worker: take the oldest queued training/evaluation job of the given kinds.
+CREATE OR REPLACE FUNCTION ml.claim_job(worker bigint, kinds text[] DEFAULT '{train,evaluate}')
+RETURNS SETOF ml.jobs LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    UPDATE ml.jobs SET status = 'running', claimed_by = worker, attempts = attempts + 1,
+        started_at = coalesce(started_at, now()), lease_until = now() + ml.setting('lease')::interval
+    WHERE id = (SELECT id FROM ml.jobs WHERE status = 'queued' AND kind = ANY (kinds)
+                ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+$$;
+
+-- Worker: report progress and extend the lease. Returns the job's status: a worker that gets back
+-- anything but 'running' (cancelled, or handed to another worker) stops.
+CREATE OR REPLACE FUNCTION ml.job_progress(job_id bigint, worker bigint, done bigint, total bigint,
+                                           progress jsonb DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    st text;
+BEGIN
+    UPDATE ml.jobs j SET done = coalesce(job_progress.done, j.done), total = coalesce(job_progress.total, j.total),
+        progress = j.progress || coalesce(job_progress.progress, '{}'),
+        lease_until = now() + ml.setting('lease')::interval
+    WHERE j.id = job_id AND j.claimed_by = worker AND j.status = 'running'
+    RETURNING j.status INTO st;
+    IF st IS NULL THEN
+        SELECT CASE WHEN j.status = 'running' THEN 'lost' ELSE j.status END INTO st FROM ml.jobs j WHERE j.id = job_id;
+    END IF;
+    RETURN coalesce(st, 'lost');
+END $$;
+
+CREATE OR REPLACE FUNCTION ml.job_finish(job_id bigint, worker bigint, status text, error text DEFAULT NULL,
+                                         result jsonb DEFAULT NULL) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    UPDATE ml.jobs j SET status = job_finish.status, error = job_finish.error, result = job_finish.result,
+        finished_at = now(), lease_until = NULL
+    WHERE j.id = job_id AND j.claimed_by = worker AND j.status = 'running'
+$$;

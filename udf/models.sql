@@ -1,0 +1,94 @@
+-- Registering models: ml.load_model / ml.drop_model (ThanoSQL's GET MODEL).
+
+CREATE OR REPLACE FUNCTION ml.load_model(name text, kind text, source text DEFAULT NULL,
+                                         options jsonb DEFAULT '{}') RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    k ml.model_kinds;
+    existing ml.models;
+    described jsonb;
+    model_dim int;
+    opts jsonb := coalesce(options, '{}');
+BEGIN
+    PERFORM ml._check_name('model', name);
+    SELECT * INTO k FROM ml.model_kinds mk WHERE mk.kind = load_model.kind;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgsight: unknown model kind %', quote_literal(kind)
+            USING HINT = 'known kinds: ' || (SELECT string_agg(mk.kind, ', ' ORDER BY mk.kind) FROM ml.model_kinds mk);
+    END IF;
+    IF jsonb_typeof(opts) <> 'object' THEN
+        RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', opts;
+    END IF;
+    SELECT * INTO existing FROM ml.models m WHERE m.name = load_model.name FOR UPDATE;
+    IF FOUND AND NOT coalesce((opts->>'overwrite')::boolean, false) THEN
+        RAISE EXCEPTION 'pgsight: model % already exists', quote_literal(name)
+            USING HINT = 'pass options => ''{"overwrite": true}'' to replace it, or ml.drop_model first';
+    END IF;
+
+    IF kind = 'pixels' THEN
+        model_dim := coalesce((opts->>'size')::int, 16);
+        IF model_dim < 1 OR model_dim > 128 THEN
+            RAISE EXCEPTION 'pgsight: pixels option size must be between 1 and 128, got %', model_dim;
+        END IF;
+        model_dim := model_dim * model_dim;
+        described := jsonb_build_object('dim', model_dim);
+    ELSE
+        IF source IS NULL THEN
+            RAISE EXCEPTION 'pgsight: model kind % needs a source (a hub id or a directory the worker can read)', kind;
+        END IF;
+        -- The worker opens the checkpoint and tells its dimension and labels.
+        described := ml._rpc_json('describe', NULL,
+            jsonb_build_object('kind', kind, 'source', source, 'options', opts - 'overwrite'), NULL,
+            greatest(ml.setting('rpc_timeout')::interval, interval '10 minutes'));
+    END IF;
+
+    INSERT INTO ml.models AS m (name, kind, source, status, dim, metric, options, info, stored)
+    VALUES (name, kind, source, 'ready', (described->>'dim')::int, k.metric, opts - 'overwrite',
+            coalesce(described->'info', '{}'), false)
+    ON CONFLICT ON CONSTRAINT models_pkey DO UPDATE
+        SET kind = EXCLUDED.kind, source = EXCLUDED.source, status = 'ready', dim = EXCLUDED.dim,
+            metric = EXCLUDED.metric, options = EXCLUDED.options, info = EXCLUDED.info,
+            stored = false, version = m.version + 1, updated_at = now();
+    IF existing.name IS NOT NULL THEN
+        PERFORM ml._model_replaced(name);
+    END IF;
+    RETURN name;
+END $$;
+
+-- A model's weights changed (overwrite or a new training run): its columns are computed again.
+CREATE OR REPLACE FUNCTION ml._model_replaced(model_name text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    t ml.tasks;
+    new_dim int := (SELECT dim FROM ml.models WHERE name = model_name);
+BEGIN
+    FOR t IN SELECT * FROM ml.tasks WHERE model = model_name LOOP
+        IF t.kind = 'embedding' AND new_dim IS DISTINCT FROM (
+                SELECT atttypmod FROM pg_attribute WHERE attrelid = t.table_name AND attname = t.result_col) THEN
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s.vector(%s) USING NULL',
+                           t.table_name, t.result_col, ml._vector_schema(), new_dim);
+        END IF;
+        PERFORM ml._backfill(t.id);
+    END LOOP;
+    DELETE FROM ml.blobs b WHERE starts_with(b.key, 'model/' || model_name || '/')
+        AND NOT starts_with(b.key, format('model/%s/%s/', model_name,
+                                          (SELECT version FROM ml.models WHERE name = model_name)));
+END $$;
+
+CREATE OR REPLACE FUNCTION ml.drop_model(name text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    users text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM ml.models m WHERE m.name = drop_model.name) THEN
+        RAISE EXCEPTION 'pgsight: no model named %', quote_literal(name);
+    END IF;
+    SELECT string_agg(format('%s.%I', t.table_name, t.result_col), ', ') INTO users
+    FROM ml.tasks t WHERE t.model = drop_model.name;
+    IF users IS NOT NULL THEN
+        RAISE EXCEPTION 'pgsight: model % is used by %', quote_literal(name), users
+            USING HINT = 'drop those columns first with ml.drop_embedding / ml.drop_prediction';
+    END IF;
+    DELETE FROM ml.blobs b WHERE starts_with(b.key, 'model/' || drop_model.name || '/');
+    DELETE FROM ml.models m WHERE m.name = drop_model.name;
+END $$;

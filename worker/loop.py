@@ -1,0 +1,220 @@
+"""The worker: registers, heartbeats, listens, claims rows and jobs, and serves query-time requests.
+
+NOTIFY is a wake-up hint; polling (every `poll_interval`) is the truth. Claimed rows carry a lease;
+a worker that dies stops heartbeating and its rows go to another worker (ml.reap). First stop
+request: finish the batch in flight and hand back the rest; second: exit at once (the CLI's job).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgsight.worker.connection import connect
+from pgsight.worker.images import ImageLoader
+from pgsight.worker.registry import ModelCache
+from pgsight.worker.rows import Batch, RowProcessor
+from pgsight.worker.rpc import RpcServer
+
+log = logging.getLogger("pgsight.worker")
+
+
+def pick_device(device: str = "auto") -> str:
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device != "auto":
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class WorkerConfig:
+    dsn: str
+    image_roots: list[Path] = field(default_factory=list)
+    device: str = "auto"
+    batch_size: int = 256
+    allow_urls: bool = False
+    poll_interval: float = 1.0
+    heartbeat_interval: float = 2.0
+    loader_threads: int = 4
+    rpc: bool = True
+    jobs: bool = True          # take training/evaluation jobs
+    cache_dir: Path | None = None
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls)
+        cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
+        self.models = ModelCache(self.device, cache)
+        self.rows = RowProcessor(self.models, self.loader, config.loader_threads)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.id = 0
+        self._conns: dict[str, psycopg.Connection] = {}
+        self._feeder = ThreadPoolExecutor(1, thread_name_prefix="pgsight-feed")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="pgsight-write")
+        self.rows_done = 0
+        self.batches_done = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Work until `self.stop` is set. Survives database restarts (reconnects with backoff)."""
+        threads = [threading.Thread(target=self._heartbeat_loop, name="pgsight-heartbeat", daemon=True),
+                   threading.Thread(target=self._listen_loop, name="pgsight-listen", daemon=True)]
+        self._register()
+        if self.config.rpc:
+            rpc = RpcServer(self.config.dsn, self.models, self.loader, lambda: self.id, self.stop)
+            threads.append(threading.Thread(target=rpc.run, name="pgsight-rpc", daemon=True))
+        for t in threads:
+            t.start()
+        log.info("worker %s on %s: device %s, roots %s", self.id, socket.gethostname(), self.device,
+                 [str(r) for r in self.loader.roots])
+        backoff = 0.5
+        try:
+            while not self.stop.is_set():
+                try:
+                    if not self._work_once():
+                        self.wake.wait(self.config.poll_interval)
+                        self.wake.clear()
+                    backoff = 0.5
+                except psycopg.OperationalError as e:
+                    log.warning("database connection lost (%s); retrying in %.1fs", e, backoff)
+                    self._close_conns()
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 10)
+        finally:
+            self.stop.set()
+            self._unregister()
+            self._close_conns()
+            self._feeder.shutdown(wait=False, cancel_futures=True)
+            self._writer.shutdown(wait=False, cancel_futures=True)
+            self.rows.close()
+            for t in threads:
+                t.join(timeout=5)
+
+    def _conn(self, role: str) -> psycopg.Connection:
+        conn = self._conns.get(role)
+        if conn is None or conn.closed:
+            conn = self._conns[role] = connect(self.config.dsn, f"pgsight_worker_{role}")
+        return conn
+
+    def _close_conns(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def _register(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with connect(self.config.dsn) as conn:
+                    self.id = conn.execute(
+                        "SELECT ml.worker_register(%s, %s, %s, %s)",
+                        (socket.gethostname(), os.getpid(), self.device,
+                         Jsonb({"batch_size": self.config.batch_size, "roots": [str(r) for r in self.loader.roots]})),
+                    ).fetchone()[0]
+                return
+            except psycopg.OperationalError as e:
+                log.warning("cannot register (%s); retrying", e)
+                self.stop.wait(1.0)
+
+    def _unregister(self) -> None:
+        try:
+            with connect(self.config.dsn) as conn:
+                conn.execute("SELECT ml.worker_unregister(%s)", (self.id,))
+        except psycopg.Error as e:
+            log.warning("could not unregister: %s (the reaper will)", e)
+
+    def _heartbeat_loop(self) -> None:
+        last_reap = 0.0
+        while not self.stop.wait(self.config.heartbeat_interval):
+            try:
+                with connect(self.config.dsn, "pgsight_worker_heartbeat") as conn:
+                    while not self.stop.is_set():
+                        if not conn.execute("SELECT ml.worker_heartbeat(%s)", (self.id,)).fetchone()[0]:
+                            log.warning("worker %s was reaped (silent too long); registering again", self.id)
+                            self._register()
+                        if time.monotonic() - last_reap > 5:
+                            if conn.execute("SELECT ml.reap()").fetchone()[0]:
+                                self.wake.set()
+                            last_reap = time.monotonic()
+                        self.stop.wait(self.config.heartbeat_interval)
+            except psycopg.OperationalError:
+                continue
+
+    def _listen_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with connect(self.config.dsn, "pgsight_worker_listen") as conn:
+                    conn.execute("LISTEN ml_work")
+                    self.wake.set()  # anything queued while we were away
+                    while not self.stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self.wake.set()
+            except psycopg.OperationalError:
+                self.stop.wait(1.0)
+
+    # -- work -------------------------------------------------------------------------------------
+    def _work_once(self) -> bool:
+        if self._drain_rows():
+            return True
+        if self.config.jobs:
+            return self._run_one_job()
+        return False
+
+    def _drain_rows(self) -> bool:
+        """Process queued rows until none are left: claim+load of batch k+1 and the write of batch
+        k-1 overlap the compute of batch k."""
+        n = self.config.batch_size
+        claim_conn, write_conn = self._conn("claim"), self._conn("write")
+        feeder, writer = self._feeder, self._writer
+        next_batch: Future[Batch | None] = feeder.submit(self.rows.claim, claim_conn, self.id, n)
+        pending_write: Future[int] | None = None
+        any_work = False
+        try:
+            while True:
+                batch = next_batch.result()
+                if batch is None:
+                    break
+                any_work = True
+                if not self.stop.is_set():
+                    next_batch = feeder.submit(self.rows.claim, claim_conn, self.id, n)
+                self.rows.compute(batch)
+                if pending_write is not None:
+                    self.rows_done += pending_write.result()
+                pending_write = writer.submit(self.rows.write, write_conn, self.id, batch)
+                self.batches_done += 1
+                if self.stop.is_set():
+                    break
+        finally:
+            if pending_write is not None:
+                self.rows_done += pending_write.result()
+        if self.stop.is_set() and not next_batch.done():
+            next_batch.cancel()
+        return any_work
+
+    def _run_one_job(self) -> bool:
+        from pgsight.worker.training import run_job
+
+        conn = self._conn("job")
+        job = conn.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
+        if job is None:
+            return False
+        cols = [c.name for c in conn.execute("SELECT * FROM ml.jobs LIMIT 0").description]
+        run_job(self, conn, dict(zip(cols, job)))
+        return True

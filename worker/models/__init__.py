@@ -1,0 +1,64 @@
+"""Model adapters, one module per kind. Adapters are pure: they never touch the database; the
+worker loop owns all I/O. Stages: `preprocess` (CPU, in loader threads) → `embed_*`/`answer`
+(the device, batched) → the loop writes results back.
+
+To add a kind: a module here with a subclass of `Adapter`, listed in `KINDS`, plus its row in
+udf/kinds.sql. Training and evaluation, if the kind has them, are functions `train(ctx)` and
+`evaluate(ctx)` in the same module (see pgsight.worker.training).
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+#: kind -> module under pgsight.worker.models
+KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt"}
+
+
+class Adapter:
+    """One loaded model. Subclasses implement what their kind can do."""
+
+    kind: ClassVar[str]
+    dim: int | None = None
+    batch_size: int = 64  # a good batch for this model on this device
+
+    @classmethod
+    def load(cls, source: str, options: dict[str, Any], device: str) -> Adapter:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What ml.load_model records: dim and kind-specific info (labels ...)."""
+        return {"dim": self.dim, "info": {}}
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """CPU work for one image, run in loader threads (decode happened already)."""
+        return image
+
+    def embed_images(self, items: list[Any]) -> np.ndarray:
+        raise NotImplementedError(f"{self.kind} models do not embed images")
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError(f"{self.kind} models do not embed text")
+
+    def answer(self, items: list[Any], questions: list[str], k: int) -> list[list[tuple[str, float]]]:
+        raise NotImplementedError(f"{self.kind} models do not answer questions")
+
+
+def kind_module(kind: str) -> ModuleType:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    return importlib.import_module(f"{__name__}.{KINDS[kind]}")
+
+
+def adapter_class(kind: str) -> type[Adapter]:
+    return kind_module(kind).ADAPTER
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -1,0 +1,62 @@
+"""Loaded models, shared by the worker's threads: by registered name and version, and by source
+(so that ml.load_model's describe and the first backfill load a big checkpoint once)."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsight.worker import store
+from pgsight.worker.models import Adapter, adapter_class
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+class ModelCache:
+    def __init__(self, device: str, cache_dir: Path) -> None:
+        self.device = device
+        self.cache_dir = cache_dir
+        self._by_name: dict[str, tuple[int, Adapter]] = {}
+        self._by_source: dict[tuple[str, str, str], Adapter] = {}
+        self._lock = threading.RLock()
+
+    def from_source(self, kind: str, source: str | None, options: dict[str, Any]) -> Adapter:
+        key = (kind, source or "", json.dumps(options, sort_keys=True))
+        with self._lock:
+            if key not in self._by_source:
+                try:
+                    self._by_source[key] = adapter_class(kind).load(source, options, self.device)
+                except Exception as e:
+                    raise ModelLoadError(f"cannot load {kind} model from {source!r}: {e}") from e
+            return self._by_source[key]
+
+    def get(self, conn: psycopg.Connection, name: str, version: int | None = None) -> Adapter:
+        with self._lock:
+            cached = self._by_name.get(name)
+            if cached and (version is None or cached[0] == version):
+                return cached[1]
+            with conn.cursor(row_factory=dict_row) as cur:
+                info = cur.execute("SELECT * FROM ml.model_info(%s)", (name,)).fetchone()
+            if info is None:
+                raise ModelLoadError(f"no model named {name!r}")
+            if info["stored"]:
+                stamp = int(info["updated_at"].timestamp() * 1e6)  # a re-created database reuses names
+                directory = self.cache_dir / f"{name}-v{info['version']}-{stamp}"
+                if not (directory / ".complete").exists():
+                    if store.load_dir(conn, f"model/{name}/{info['version']}/", directory) == 0:
+                        raise ModelLoadError(f"model {name!r} v{info['version']} has no stored weights")
+                    (directory / ".complete").touch()
+                source = str(directory)
+            else:
+                source = info["source"]
+            opts = dict(info["options"] or {})
+            opts["_info"] = info["info"] or {}
+            adapter = self.from_source(info["kind"], source, opts)
+            self._by_name[name] = (info["version"], adapter)
+            return adapter

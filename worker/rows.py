@@ -1,0 +1,138 @@
+"""One batch of queued rows: claimed, loaded, computed, written back. The three stages run on
+different threads (claim+load, compute, write) so that the device is not idle during I/O."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsight.worker.images import ImageError, ImageLoader
+from pgsight.worker.models import Adapter
+from pgsight.worker.registry import ModelCache, ModelLoadError
+
+
+@dataclass
+class Batch:
+    task: dict[str, Any]
+    queue_ids: list[int]
+    keys: list[str]
+    hashes: list[str | None]
+    inputs: list[Any] = field(default_factory=list)      # preprocessed input, or None (NULL source / row gone)
+    errors: dict[int, str] = field(default_factory=dict)  # row index -> per-row error
+    adapter: Adapter | None = None
+    retry_error: str | None = None                        # the whole batch failed for a passing reason
+    results: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.queue_ids)
+
+
+class RowProcessor:
+    def __init__(self, models: ModelCache, loader: ImageLoader, threads: int = 4) -> None:
+        self.models = models
+        self.loader = loader
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="pgsight-load")
+        self.threads = max(1, threads)
+        self._tasks: dict[int, dict[str, Any]] = {}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- stage 1: claim and load (feeder thread, its own connection) --------------------------
+    def claim(self, conn: psycopg.Connection, worker_id: int, n: int) -> Batch | None:
+        rows = conn.execute("SELECT * FROM ml.claim(%s, %s)", (worker_id, n)).fetchall()
+        if not rows:
+            return None
+        task = self._task(conn, rows[0][1])
+        batch = Batch(task=task or {}, queue_ids=[r[0] for r in rows], keys=[r[2] for r in rows],
+                      hashes=[r[6] for r in rows])
+        if task is None:
+            batch.retry_error = "task vanished"
+            return batch
+        try:
+            batch.adapter = self.models.get(conn, task["model"], task["model_version"])
+        except ModelLoadError as e:
+            batch.retry_error = str(e)
+            return batch
+        sources = [(r[3], r[4], r[5]) for r in rows]  # present, text, bytes
+        if task["modality"] == "text":
+            batch.inputs = [src if present else None for present, src, _ in sources]
+        else:
+            batch.inputs = [None] * len(rows)
+            chunks = [range(i, len(rows), self.threads) for i in range(self.threads)]
+            for fut in [self.pool.submit(self._load_chunk, batch, sources, c) for c in chunks]:
+                fut.result()
+        return batch
+
+    def _load_chunk(self, batch: Batch, sources: list[tuple], indices: range) -> None:
+        for i in indices:
+            present, text, data = sources[i]
+            if not present or (text is None and data is None):
+                continue  # row deleted, or its source is NULL: the result is NULL
+            try:
+                batch.inputs[i] = batch.adapter.preprocess(self.loader.load(text, data))
+            except ImageError as e:
+                batch.errors[i] = str(e)
+            except Exception as e:  # a model's preprocessing choked on this one image
+                batch.errors[i] = f"preprocessing failed: {type(e).__name__}: {e}"
+
+    def _task(self, conn: psycopg.Connection, task_id: int) -> dict[str, Any] | None:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute("SELECT * FROM ml.task_info(%s)", (task_id,)).fetchone()
+
+    # -- stage 2: compute (the worker's main thread) ------------------------------------------
+    def compute(self, batch: Batch) -> None:
+        if batch.retry_error:
+            return
+        ok = [i for i, x in enumerate(batch.inputs) if x is not None and i not in batch.errors]
+        batch.results = [None] * len(batch)
+        if not ok:
+            return
+        items = [batch.inputs[i] for i in ok]
+        try:
+            if batch.task["kind"] == "embedding":
+                if batch.task["modality"] == "text":
+                    out = batch.adapter.embed_texts(items)
+                else:
+                    out = batch.adapter.embed_images(items)
+                out = np.asarray(out, dtype=np.float32)
+                if not np.all(np.isfinite(out)):
+                    raise ValueError("the model produced NaN or infinite values")
+                for i, vec in zip(ok, out):
+                    batch.results[i] = vec
+            else:
+                answers = batch.adapter.answer(items, [batch.task["question"]] * len(items), 1)
+                for i, ranked in zip(ok, answers):
+                    batch.results[i] = ranked[0] if ranked else (None, None)
+        except Exception as e:  # the batch failed as a whole: retried with backoff, then dead-lettered
+            batch.retry_error = f"{type(e).__name__}: {e}"
+
+    # -- stage 3: write back (writer thread, its own connection) -------------------------------
+    def write(self, conn: psycopg.Connection, worker_id: int, batch: Batch) -> int:
+        tid = batch.task.get("id")
+        if batch.retry_error:
+            conn.execute("SELECT ml.retry_rows(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, batch.retry_error))
+            return 0
+        if batch.errors:
+            idx = sorted(batch.errors)
+            conn.execute("SELECT ml.fail_rows(%s, %s, %s, %s, %s)",
+                         (worker_id, tid, [batch.queue_ids[i] for i in idx], [batch.keys[i] for i in idx],
+                          [batch.errors[i] for i in idx]))
+        ok = [i for i in range(len(batch)) if i not in batch.errors]
+        if ok:
+            qids = [batch.queue_ids[i] for i in ok]
+            keys = [batch.keys[i] for i in ok]
+            hashes = [batch.hashes[i] for i in ok]
+            if batch.task["kind"] == "embedding":
+                conn.execute("SELECT ml.write_embeddings(%s, %s, %s, %s, %s, %s::vector[])",
+                             (worker_id, tid, qids, keys, hashes, [batch.results[i] for i in ok]))
+            else:
+                pairs = [batch.results[i] or (None, None) for i in ok]
+                conn.execute("SELECT ml.write_predictions(%s, %s, %s, %s, %s, %s, %s::real[])",
+                             (worker_id, tid, qids, keys, hashes, [p[0] for p in pairs], [p[1] for p in pairs]))
+        conn.execute("SELECT ml.finish_jobs()")
+        return len(batch)

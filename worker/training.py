@@ -1,0 +1,170 @@
+"""Training and evaluation jobs (ml.build_model, ml.evaluate_*), run by a worker's main loop.
+
+A kind's module provides `train(ctx)` and/or `evaluate(ctx)`; `JobContext` gives them everything
+that touches the database: the query's rows, images through the worker's loader, progress and
+cancellation, checkpoints, and registering the trained model.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pgsight.worker import store
+from pgsight.worker.connection import connect
+from pgsight.worker.images import ImageError
+from pgsight.worker.models import kind_module
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from pgsight.worker.loop import Worker
+
+log = logging.getLogger("pgsight.worker.training")
+
+
+class JobStopped(Exception):
+    """The job was cancelled, or handed to another worker: stop without writing a result."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass
+class JobContext:
+    worker: Worker
+    conn: psycopg.Connection
+    job: dict[str, Any]
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgsight-job-")))
+    _last_report: float = 0.0
+
+    @property
+    def job_id(self) -> int:
+        return self.job["id"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job["params"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.params.get("options") or {}
+
+    @property
+    def device(self) -> str:
+        return self.worker.device
+
+    # -- data ---------------------------------------------------------------------------------
+    def rows(self, query: str | None = None) -> Iterator[dict[str, Any]]:
+        """The rows of the job's query (server-side cursor, read-only transaction, its own connection)."""
+        with connect(self.worker.config.dsn, "pgsight_worker_query") as conn:
+            conn.autocommit = False
+            conn.read_only = True
+            with conn.cursor(name=f"pgsight_job_{self.job_id}", row_factory=dict_row) as cur:
+                cur.execute(sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(query or self.params["query"])))
+                yield from cur
+
+    def load_image(self, ref: Any) -> Image.Image:
+        """An image from a path/URL (str) or bytes; raises ImageError."""
+        if isinstance(ref, (bytes, bytearray, memoryview)):
+            return self.worker.loader.load(None, bytes(ref))
+        return self.worker.loader.load(ref, None)
+
+    def load_images(self, refs: list[Any]) -> tuple[list[Image.Image], list[int], list[str]]:
+        """Loads what it can: (images, indices of those images, errors of the others)."""
+        images, ok, errors = [], [], []
+        for i, ref in enumerate(refs):
+            try:
+                images.append(self.load_image(ref))
+                ok.append(i)
+            except ImageError as e:
+                errors.append(f"row {i}: {e}")
+        return images, ok, errors
+
+    def model(self, name: str):
+        """A registered model's adapter (for a `base` or `init` option)."""
+        return self.worker.models.get(self.conn, name)
+
+    def model_exists(self, name: str) -> bool:
+        return self.conn.execute("SELECT count(*) FROM ml.model_info(%s)", (name,)).fetchone()[0] > 0
+
+    def model_source_dir(self, name: str) -> str:
+        """A directory (or hub id) from which the registered model `name` can be loaded."""
+        self.worker.models.get(self.conn, name)
+        info = self.conn.execute("SELECT source, stored, version, updated_at FROM ml.model_info(%s)", (name,)).fetchone()
+        if not info[1]:
+            return info[0]
+        stamp = int(info[3].timestamp() * 1e6)
+        return str(self.worker.models.cache_dir / f"{name}-v{info[2]}-{stamp}")
+
+    # -- progress -----------------------------------------------------------------------------
+    def progress(self, done: int | None = None, total: int | None = None, force: bool = False, **info: Any) -> None:
+        """Report progress (at most twice a second unless forced); raises JobStopped when the job
+        was cancelled or taken over, so training loops stop cleanly."""
+        now = time.monotonic()
+        if not force and now - self._last_report < 0.5:
+            return
+        self._last_report = now
+        status = self.conn.execute("SELECT ml.job_progress(%s, %s, %s, %s, %s)",
+                                   (self.job_id, self.worker.id, done, total, Jsonb(info) if info else None)).fetchone()[0]
+        if status != "running":
+            raise JobStopped(status)
+        if self.worker.stop.is_set():
+            raise JobStopped("worker stopping")
+
+    # -- files --------------------------------------------------------------------------------
+    def save_checkpoint(self, directory: Path) -> None:
+        store.save_dir(self.conn, f"job/{self.job_id}/checkpoint/", directory)
+
+    def load_checkpoint(self, directory: Path) -> bool:
+        return store.load_dir(self.conn, f"job/{self.job_id}/checkpoint/", directory) > 0
+
+    def save_model(self, directory: Path, dim: int | None, info: dict[str, Any]) -> int:
+        """Store the model's files and register it (replacing an older version); returns its version."""
+        store.save_dir(self.conn, f"job/{self.job_id}/model/", directory)
+        with self.conn.transaction():
+            version = self.conn.execute("SELECT ml.register_trained(%s, %s, %s)",
+                                        (self.job_id, dim, Jsonb(info))).fetchone()[0]
+            self.conn.execute("SELECT ml.blob_delete(%s)", (f"job/{self.job_id}/",))
+        return version
+
+
+def run_job(worker: Worker, conn: psycopg.Connection, job: dict[str, Any]) -> None:
+    ctx = JobContext(worker, conn, job)
+    started = time.monotonic()
+    try:
+        if job["kind"] == "train":
+            module = kind_module(job["params"]["kind"])
+            fn = getattr(module, "train", None)
+        else:
+            kind = conn.execute("SELECT kind FROM ml.model_info(%s)", (job["model"],)).fetchone()
+            module = kind_module(kind[0]) if kind else None
+            fn = getattr(module, "evaluate", None)
+        if fn is None:
+            raise RuntimeError(f"this worker cannot run {job['kind']} jobs for this model kind")
+        result = fn(ctx) or {}
+        result.setdefault("seconds", round(time.monotonic() - started, 2))
+        conn.execute("SELECT ml.job_finish(%s, %s, 'done', NULL, %s)", (job["id"], worker.id, Jsonb(result)))
+        log.info("job %s (%s %s) done in %.1fs", job["id"], job["kind"], job["model"], time.monotonic() - started)
+    except JobStopped as e:
+        # cancelled: nothing to write; worker stopping: unregistering hands the job back to the queue
+        log.info("job %s stopped: %s", job["id"], e.status)
+    except psycopg.OperationalError:
+        raise  # the database went away: the job's lease brings it back to the queue
+    except Exception as e:
+        log.error("job %s failed: %s", job["id"], traceback.format_exc())
+        conn.execute("SELECT ml.job_finish(%s, %s, 'failed', %s)", (job["id"], worker.id, f"{type(e).__name__}: {e}"))
+    finally:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
