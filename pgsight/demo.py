@@ -1,0 +1,83 @@
+"""`pgsight demo` / `make demo`: the whole path on real data, on the embedded server.
+
+digits → PNG files → a table → ml.create_embedding (trigger, queue, worker) → search in SQL →
+precision@10 against the labels. Model kinds add their own sections (pgsight/demos/<kind>.py).
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from pgsight import datasets
+from pgsight.db import migrate
+from pgsight.db.embedded import EmbeddedServer
+from pgsight.testing import running_worker
+
+console = Console()
+
+#: sections after the pixels baseline, each a module in pgsight.demos with run(dsn, out, console) -> dict
+SECTIONS: list[str] = []
+
+
+def precision_at_k(conn: psycopg.Connection, table: str, column: str, model: str, k: int = 10,
+                   queries: int = 100) -> float:
+    """Mean share of the top-k neighbours (the query itself excluded) that have the query's label,
+    over `queries` test images searched with ml.embed_image (the HNSW index path)."""
+    qs = conn.execute(f"SELECT id, image_path, label FROM {table} WHERE split = 'test' ORDER BY id LIMIT %s",
+                      (queries,)).fetchall()
+    hits = 0
+    for qid, path, label in qs:
+        rows = conn.execute(
+            f"SELECT label FROM {table} WHERE id <> %s ORDER BY {column} <=> ml.embed_image(%s, %s) LIMIT %s",
+            (qid, model, path, k)).fetchall()
+        hits += sum(1 for (lab,) in rows if lab == label)
+    return hits / (len(qs) * k)
+
+
+def run_demo(out: Path, data_dir: Path | None = None) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedServer(data_dir) if data_dir else EmbeddedServer()
+    with console.status("starting the embedded PostgreSQL server..."):
+        admin = server.start()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'pgsight_demo'").fetchone():
+            conn.execute("CREATE DATABASE pgsight_demo")
+    dsn = server.dsn("pgsight_demo")
+    migrate.upgrade(dsn)
+    console.print(f"database: [bold]{dsn}[/bold]  (psql '{dsn}')")
+
+    with console.status("writing sklearn's digits as PNG files..."):
+        rows = datasets.write_digits(out)
+    console.print(f"{len(rows)} digit images under {out / 'digits'}")
+
+    summary: dict[str, dict] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [out]) as worker:
+        datasets.load_table(conn, "digits", rows)
+        conn.execute("SELECT ml.load_model('pixels', 'pixels', NULL, '{\"size\": 16, \"overwrite\": true}')")
+        t0 = time.perf_counter()
+        job = conn.execute("SELECT ml.create_embedding('digits', 'pixels', 'image_path', 'pixels_emb')").fetchone()[0]
+        status = conn.execute("SELECT ml.wait(%s)", (job,)).fetchone()[0]
+        took = time.perf_counter() - t0
+        console.print(f"backfill job {job}: {status}, {len(rows)} rows in {took:.2f}s ({len(rows) / took:.0f} rows/s)")
+        p10 = precision_at_k(conn, "digits", "pixels_emb", "pixels")
+        summary["pixels"] = {"precision@10": round(p10, 3), "backfill_s": round(took, 2)}
+        example = conn.execute(
+            "SELECT id, label FROM digits ORDER BY pixels_emb <=> ml.embed_image('pixels', 'digits/0.png') LIMIT 5").fetchall()
+        console.print("SELECT id, label FROM digits ORDER BY pixels_emb <=> ml.embed_image('pixels', 'digits/0.png') LIMIT 5;")
+        console.print(f"  → {example}")
+        for name in SECTIONS:
+            summary.update(importlib.import_module(f"pgsight.demos.{name}").run(dsn, out, console, worker))
+
+    table = Table(title="pgsight demo on sklearn digits")
+    table.add_column("model")
+    table.add_column("result")
+    for model, numbers in summary.items():
+        table.add_row(model, ", ".join(f"{k} = {v}" for k, v in numbers.items()))
+    console.print(table)
+    print(f"precision@10 (pixels, image→image search on digits): {summary['pixels']['precision@10']:.3f}")
+    return 0
