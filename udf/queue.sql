@@ -57,6 +57,7 @@ DECLARE
     ids bigint[];
     keys text[];
     is_bytea boolean;
+    lease_end timestamptz := now() + ml.setting('lease')::interval;
 BEGIN
     SELECT q.task_id INTO tid FROM ml.queue q
     WHERE (q.lease_until IS NULL OR q.lease_until < now()) AND (q.not_before IS NULL OR q.not_before <= now())
@@ -70,7 +71,7 @@ BEGIN
           AND (q.not_before IS NULL OR q.not_before <= now())
         ORDER BY q.id LIMIT n FOR UPDATE SKIP LOCKED
     ), u AS (
-        UPDATE ml.queue q SET lease_until = now() + ml.setting('lease')::interval, claimed_by = worker,
+        UPDATE ml.queue q SET lease_until = lease_end, claimed_by = worker,
                               attempts = q.attempts + 1
         FROM c WHERE q.id = c.id
         RETURNING q.id, q.key, q.job_id
@@ -218,7 +219,8 @@ BEGIN
     UPDATE ml.jobs j SET status = 'done', finished_at = now(),
         error = CASE WHEN j.failed > 0 THEN format('%s of %s rows failed: see ml.errors', j.failed, j.total) END
     WHERE j.kind = 'backfill' AND j.status IN ('queued', 'running')
-      AND NOT EXISTS (SELECT 1 FROM ml.queue q WHERE q.job_id = j.id);
+      AND NOT EXISTS (SELECT 1 FROM ml.queue q WHERE q.job_id = j.id)
+      AND NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = j.task_id AND t.index_state = 'pending');
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ class WorkerConfig:
     allow_urls: bool = False
     poll_interval: float = 1.0
     heartbeat_interval: float = 2.0
-    loader_threads: int = 4
+    loader_threads: int = 2   # per feeder; image decode is mostly GIL-bound for small images
     rpc: bool = True
     jobs: bool = True          # take training/evaluation jobs
     cache_dir: Path | None = None
@@ -67,7 +68,7 @@ class Worker:
         self.wake = threading.Event()
         self.id = 0
         self._conns: dict[str, psycopg.Connection] = {}
-        self._feeder = ThreadPoolExecutor(1, thread_name_prefix="pgsight-feed")
+        self._feeder = ThreadPoolExecutor(2, thread_name_prefix="pgsight-feed")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pgsight-write")
         self.rows_done = 0
         self.batches_done = 0
@@ -173,40 +174,59 @@ class Worker:
     def _work_once(self) -> bool:
         if self._drain_rows():
             return True
+        if self._build_indexes():
+            return True
         if self.config.jobs:
             return self._run_one_job()
         return False
 
+    def _claim(self, n: int) -> Batch | None:
+        """Feeder threads: claim a batch and load its images (each feeder has its own connection)."""
+        return self.rows.claim(self._conn(f"claim_{threading.current_thread().name}"), self.id, n)
+
     def _drain_rows(self) -> bool:
-        """Process queued rows until none are left: claim+load of batch k+1 and the write of batch
-        k-1 overlap the compute of batch k."""
+        """Process queued rows until none are left. Two feeders claim and load ahead while the main
+        thread computes and a writer thread writes the previous batch back."""
         n = self.config.batch_size
-        claim_conn, write_conn = self._conn("claim"), self._conn("write")
-        feeder, writer = self._feeder, self._writer
-        next_batch: Future[Batch | None] = feeder.submit(self.rows.claim, claim_conn, self.id, n)
+        write_conn = self._conn("write")
+        inflight: deque[Future[Batch | None]] = deque(self._feeder.submit(self._claim, n) for _ in range(2))
         pending_write: Future[int] | None = None
         any_work = False
+        more = True
         try:
-            while True:
-                batch = next_batch.result()
+            while inflight:
+                batch = inflight.popleft().result()
                 if batch is None:
-                    break
+                    more = False  # the queue is empty (for now): let the other feeder finish
+                    continue
                 any_work = True
-                if not self.stop.is_set():
-                    next_batch = feeder.submit(self.rows.claim, claim_conn, self.id, n)
+                if more and not self.stop.is_set():
+                    inflight.append(self._feeder.submit(self._claim, n))
                 self.rows.compute(batch)
                 if pending_write is not None:
                     self.rows_done += pending_write.result()
-                pending_write = writer.submit(self.rows.write, write_conn, self.id, batch)
+                pending_write = self._writer.submit(self.rows.write, write_conn, self.id, batch)
                 self.batches_done += 1
                 if self.stop.is_set():
-                    break
+                    break  # batches claimed ahead are handed back by worker_unregister
         finally:
             if pending_write is not None:
                 self.rows_done += pending_write.result()
-        if self.stop.is_set() and not next_batch.done():
-            next_batch.cancel()
         return any_work
+
+    def _build_indexes(self) -> bool:
+        """HNSW indexes deferred until a large backfill's last row (see ml._install_task)."""
+        conn = self._conn("job")
+        built = False
+        while not self.stop.is_set():
+            task = conn.execute("SELECT ml.build_pending_index(%s)", (self.id,)).fetchone()[0]
+            if task is None:
+                break
+            log.info("built the HNSW index of task %s", task)
+            built = True
+        if built:
+            conn.execute("SELECT ml.finish_jobs()")
+        return built
 
     def _run_one_job(self) -> bool:
         from pgsight.worker.training import run_job
