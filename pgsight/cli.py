@@ -16,7 +16,7 @@ app = typer.Typer(help="pgsight: multimodal models inside PostgreSQL.", no_args_
 server_app = typer.Typer(help="The embedded PostgreSQL server (PostgreSQL 18 + pgvector + dblink).",
                          no_args_is_help=True)
 app.add_typer(server_app, name="server")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay on one line for grep and logs
 
 DsnOpt = typer.Option(None, "--dsn", help="libpq DSN; default $PGSIGHT_DSN, else the embedded server")
 DataDirOpt = typer.Option(None, "--data-dir", help="embedded server data directory (default: the user data dir)")

@@ -19,6 +19,10 @@ BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'pgsight: % is not a table', tbl;
     END IF;
+    IF (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl)
+            IN ('ml', 'pg_catalog', 'information_schema', 'pg_toast') THEN
+        RAISE EXCEPTION 'pgsight: % is not a table pgsight may change (system or ml schema)', tbl;
+    END IF;
     SELECT * INTO m FROM ml.models WHERE name = model_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL')
