@@ -163,3 +163,79 @@ def test_killed_worker_resumes_from_checkpoint(dsn, digits, tmp_path):
         assert j["attempts"] == 2 and j["result"]["resumed_from_epoch"] >= 1
         assert len(j["result"]["history"]) == 20 and j["result"]["history"][-1]["epoch"] == 20
         assert conn.execute("SELECT count(*) FROM ml.models WHERE name = 'resumed'").fetchone()[0] == 1
+
+
+class LocalHost:
+    """fit()'s host without a database; `stop_after` simulates a worker killed after that epoch."""
+
+    def __init__(self, workdir, stored=None, stop_after=None):
+        self.device, self.workdir, self.stored, self.stop_after = "cpu", workdir, stored, stop_after
+        self.saved = []
+
+    def progress(self, done=None, total=None, force=False, **info):
+        pass
+
+    def save_checkpoint(self, directory):
+        import shutil
+
+        self.saved.append(self.workdir / f"saved{len(self.saved)}")
+        shutil.copytree(directory, self.saved[-1])
+        if self.stop_after is not None and len(self.saved) >= self.stop_after:
+            raise KeyboardInterrupt("killed")
+
+    def load_checkpoint(self, directory):
+        import shutil
+
+        if self.stored is None:
+            return False
+        shutil.copytree(self.stored, directory, dirs_exist_ok=True)
+        return True
+
+
+def tiny_fit(tmp_path, name, options, host_kw=None):
+    import torch
+
+    from pgsight.worker.models import simclr_train as st
+
+    o = st.parse_options({**TINY, **options})
+    images = np.random.default_rng(0).integers(0, 255, (24, 3, 16, 16), dtype=np.uint8)
+    encoder, head, meta = st.new_model(o)
+    host = LocalHost(tmp_path / name, **(host_kw or {}))
+    host.workdir.mkdir()
+    try:
+        result = st.fit(host, images, o, encoder, head, {**meta, "image_size": 16})
+    except KeyboardInterrupt:
+        result = None
+    return result, host, torch.cat([p.detach().flatten() for p in encoder.parameters()])
+
+
+@pytest.mark.parametrize("optimizer, lr", [("adamw", 1e-3), ("sgd", 0.05), ("lars", 1.0)])
+def test_fit_trains_with_each_optimizer(tmp_path, optimizer, lr):
+    _, _, before = tiny_fit(tmp_path, "zero", {"max_epochs": 1, "optimizer": optimizer, "learning_rate": 1e-12})
+    result, host, after = tiny_fit(tmp_path, "run", {"max_epochs": 3, "optimizer": optimizer, "learning_rate": lr})
+    assert result["epochs"] == 3 and all(np.isfinite(h["loss"]) for h in result["history"])
+    assert len(host.saved) == 2  # every epoch but the last (that state is the registered model)
+    assert not np.allclose(before.numpy(), after.numpy())
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    full, _, weights = tiny_fit(tmp_path, "full", {"max_epochs": 4})
+    killed, host, _ = tiny_fit(tmp_path, "killed", {"max_epochs": 4}, {"stop_after": 2})
+    assert killed is None
+    resumed, _, resumed_weights = tiny_fit(tmp_path, "resumed", {"max_epochs": 4}, {"stored": host.saved[-1]})
+    assert resumed["resumed_from_epoch"] == 2
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert np.allclose(weights.numpy(), resumed_weights.numpy(), atol=1e-6)
+
+
+def test_pretrained_from_a_transformers_resnet_directory(dsn, digits, tmp_path):
+    from transformers import ResNetConfig, ResNetModel
+
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], layer_type="basic")) \
+        .save_pretrained(tmp_path / "resnet")
+    with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [digits], cache_dir=tmp_path / "cache"):
+        job = build(conn, "from_dir", {**TINY, "max_epochs": 1, "pretrained": True, "init": str(tmp_path / "resnet")})
+        assert conn.execute("SELECT ml.wait(%s, '60 seconds')", (job,)).fetchone()[0] == "done", job_row(conn, job)
+        assert conn.execute("SELECT dim FROM ml.models WHERE name = 'from_dir'").fetchone()[0] == 12
+        hit = conn.execute("SELECT ml.embed_image('from_dir', 'd/5.png')::text").fetchone()[0]
+        assert abs(np.linalg.norm(vec(hit)) - 1) < 1e-4

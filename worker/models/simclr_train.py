@@ -291,7 +291,7 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
     mean = torch.tensor(meta.get("mean", [0.5] * 3), device=device).view(1, 3, 1, 1)
     std = torch.tensor(meta.get("std", [0.5] * 3), device=device).view(1, 3, 1, 1)
     started = time.perf_counter()
-    trained = 0
+    trained, ckpt_s = 0, 0.0
     for epoch in range(start_epoch, o.max_epochs):
         encoder.train()
         head.train()
@@ -328,12 +328,15 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
                      "rng": torch.get_rng_state()}
             if cuda:
                 state["cuda_rng"] = torch.cuda.get_rng_state()
+            t_ckpt = time.perf_counter()
             torch.save(state, ckpt / "checkpoint.pt")
             host.save_checkpoint(ckpt)
+            ckpt_s += time.perf_counter() - t_ckpt
     wall = time.perf_counter() - started
     return {"epochs": o.max_epochs, "resumed_from_epoch": start_epoch, "steps": total, "batch_size": bs,
             "loss": history[-1]["loss"] if history else None, "history": history,
-            "train_seconds": round(wall, 2), "images_per_s": round(trained / wall, 1) if wall > 0 and trained else None}
+            "train_seconds": round(wall, 2), "checkpoint_seconds": round(ckpt_s, 2),
+            "images_per_s": round(trained / wall, 1) if wall > 0 and trained else None}
 
 
 def new_model(o: TrainOptions, init: tuple | None = None):
