@@ -18,6 +18,7 @@ import math
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def augmenter(size: int, flip: bool):
     from torch import nn
 
     blur = max(3, (size // 10) | 1)
-    augs = [K.RandomResizedCrop((size, size), scale=(0.4, 1.0)),
+    augs = [K.RandomResizedCrop((size, size), scale=(0.6, 1.0)),
             K.RandomAffine(degrees=15.0, translate=(0.1, 0.1), scale=(0.85, 1.15), p=0.8),
             K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
             K.RandomGrayscale(p=0.2),
@@ -196,9 +197,9 @@ def load_images(ctx, o: TrainOptions, size: int | None) -> tuple[np.ndarray, int
                 array[kept] = simclr.square_array(im, size)
                 kept += 1
 
-    with ThreadPoolExecutor(ctx.worker.config.loader_threads, thread_name_prefix="pgsight-simclr-load") as pool:
+    with ThreadPoolExecutor(ctx.worker.config.loader_threads, thread_name_prefix="pgsight-simclr-load") as pool, \
+            closing(ctx.rows()) as rows:
         chunk: list[dict] = []
-        rows = ctx.rows()
 
         def flush() -> None:
             nonlocal array, size, skipped, seen, pending
