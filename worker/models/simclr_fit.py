@@ -175,14 +175,20 @@ def _to_cpu(obj: Any) -> Any:
 
 class Checkpoints:
     """The job's checkpoint: read at the start; written after an epoch on a background thread while
-    the next epoch trains (a new write first waits for the one before, so every epoch gets one)."""
+    the next epoch trains. After every epoch, unless writing them would take more than `share` of
+    the training time (tiny epochs on a CPU, where storing ~140 MB in the database costs about as
+    much as an epoch): then the next one waits until last write's duration / `share` has passed."""
 
-    def __init__(self, host) -> None:
+    def __init__(self, host, share: float | None = 0.05) -> None:
         self.host = host
+        self.share = share
         self.dir = Path(host.workdir) / "checkpoint"
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pgsight-simclr-checkpoint")
         self.pending = None
-        self.waited = 0.0  # seconds the training loop spent on checkpoints (copy + waiting)
+        self.started = 0.0    # when the last write began
+        self.cost = 0.0       # how long it took
+        self.written = 0
+        self.waited = 0.0     # seconds the training loop spent on checkpoints (copy + waiting)
 
     def load(self) -> dict[str, Any] | None:
         import torch
@@ -191,18 +197,29 @@ class Checkpoints:
             return None
         return torch.load(self.dir / "checkpoint.pt", map_location="cpu", weights_only=True)
 
+    def due(self) -> bool:
+        if self.share is None:  # every epoch, whatever it costs
+            return True
+        if self.pending is not None and not self.pending.done():
+            return False
+        return not self.written or time.perf_counter() - self.started >= self.cost / self.share
+
     def save(self, state: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         self.wait()
+        self.started = time.perf_counter()
         self.pending = self.pool.submit(self._write, _to_cpu(state))
+        self.written += 1
         self.waited += time.perf_counter() - t0
 
     def _write(self, state: dict[str, Any]) -> None:
         import torch
 
+        t0 = time.perf_counter()
         self.dir.mkdir(parents=True, exist_ok=True)
         torch.save(state, self.dir / "checkpoint.pt")
         self.host.save_checkpoint(self.dir)
+        self.cost = time.perf_counter() - t0
 
     def wait(self) -> None:
         """Until the write in flight is stored; raises its error."""
@@ -216,8 +233,11 @@ class Checkpoints:
         self.pool.shutdown(wait=True)  # never leave a write running past the job
 
 
-def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str, Any]) -> dict[str, Any]:
-    """Train `encoder` + `head` on `images` (uint8 n x 3 x s x s); resumes from host's checkpoint."""
+def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str, Any],
+        checkpoint_share: float | None = 0.05) -> dict[str, Any]:
+    """Train `encoder` + `head` on `images` (uint8 n x 3 x s x s); resumes from host's checkpoint.
+    `checkpoint_share`: at most this share of the time goes to checkpoints (see Checkpoints); None:
+    one after every epoch whatever it costs."""
     import torch
 
     device = host.device
@@ -231,7 +251,7 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
     opt = make_optimizer(list(encoder.parameters()) + list(head.parameters()), o)
     sampler = torch.Generator().manual_seed(o.seed)
     history: list[dict[str, Any]] = []
-    checkpoints = Checkpoints(host)
+    checkpoints = Checkpoints(host, checkpoint_share)
     try:
         state = checkpoints.load()
         if state is not None:
@@ -280,7 +300,8 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
                             "images_per_s": round(steps_per_epoch * bs / secs, 1), "seconds": round(secs, 2)})
             host.progress(done=(epoch + 1) * steps_per_epoch, total=total, force=True, phase="training",
                           **history[-1], epochs=o.max_epochs)
-            if epoch + 1 < o.max_epochs:  # the last epoch's state is the registered model itself
+            # the last epoch's state is the registered model itself
+            if epoch + 1 < o.max_epochs and checkpoints.due():
                 checkpoints.save({"encoder": encoder.state_dict(), "head": head.state_dict(),
                                   "optimizer": opt.state_dict(), "history": history,
                                   "sampler_rng": sampler.get_state(), "rng": torch.get_rng_state(),
@@ -292,5 +313,6 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
     trained = (o.max_epochs - start_epoch) * steps_per_epoch * bs
     return {"epochs": o.max_epochs, "resumed_from_epoch": start_epoch, "steps": total, "batch_size": bs,
             "loss": history[-1]["loss"] if history else None, "history": history,
-            "train_seconds": round(wall, 2), "checkpoint_seconds": round(checkpoints.waited, 2),
+            "train_seconds": round(wall, 2), "checkpoints": checkpoints.written,
+            "checkpoint_seconds": round(checkpoints.waited, 2),
             "images_per_s": round(trained / wall, 1) if wall > 0 and trained else None}
