@@ -195,15 +195,15 @@ class LocalHost:
 def tiny_fit(tmp_path, name, options, host_kw=None):
     import torch
 
-    from pgsight.worker.models import simclr_train as st
+    from pgsight.worker.models import simclr_fit, simclr_train
 
-    o = st.parse_options({**TINY, **options})
+    o = simclr_fit.parse_options({**TINY, **options})
     images = np.random.default_rng(0).integers(0, 255, (24, 3, 16, 16), dtype=np.uint8)
-    encoder, head, meta = st.new_model(o)
+    encoder, head, meta = simclr_train.new_model(o)
     host = LocalHost(tmp_path / name, **(host_kw or {}))
     host.workdir.mkdir()
     try:
-        result = st.fit(host, images, o, encoder, head, {**meta, "image_size": 16}, checkpoint_share=None)
+        result = simclr_fit.fit(host, images, o, encoder, head, {**meta, "image_size": 16}, checkpoint_share=None)
     except KeyboardInterrupt:
         result = None
     return result, host, torch.cat([p.detach().flatten() for p in encoder.parameters()])
