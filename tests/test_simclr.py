@@ -131,7 +131,8 @@ def test_simclr_option_errors_fail_the_job_before_reading_images(dsn, digits, tm
 def test_cancel_stops_training(dsn, digits, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [digits], cache_dir=tmp_path / "cache"):
         job = build(conn, "long", {**TINY, "max_epochs": 10000})
-        wait_for(lambda: (job_row(conn, job)["progress"].get("epoch") or 0) >= 1)
+        wait_for(lambda: conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s",
+                                      (f"job/{job}/checkpoint/%",)).fetchone()[0] > 0)
         assert conn.execute("SELECT ml.cancel(%s)", (job,)).fetchone()[0] == "cancelled"
         # the worker drops the job and takes the next one
         quick = build(conn, "quick", {**TINY, "max_epochs": 1})
@@ -139,6 +140,8 @@ def test_cancel_stops_training(dsn, digits, tmp_path):
         j = job_row(conn, job)
         assert j["status"] == "cancelled" and j["result"] is None and j["progress"]["epoch"] < 10000
         assert conn.execute("SELECT count(*) FROM ml.models WHERE name = 'long'").fetchone()[0] == 0
+        # its checkpoints are gone with it
+        assert conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s", (f"job/{job}/%",)).fetchone()[0] == 0
 
 
 def test_killed_worker_resumes_from_checkpoint(dsn, digits, tmp_path):

@@ -173,10 +173,13 @@ def run_job(worker: Worker, conn: psycopg.Connection, job: dict[str, Any]) -> No
     except JobStopped as e:
         # cancelled: nothing to write; worker stopping: unregistering hands the job back to the queue
         log.info("job %s stopped: %s", job["id"], e.status)
+        if e.status == "cancelled":  # its checkpoints will never be resumed from
+            conn.execute("SELECT ml.blob_delete(%s)", (f"job/{job['id']}/",))
     except psycopg.OperationalError:
         raise  # the database went away: the job's lease brings it back to the queue
     except Exception as e:
         log.error("job %s failed: %s", job["id"], traceback.format_exc())
         conn.execute("SELECT ml.job_finish(%s, %s, 'failed', %s)", (job["id"], worker.id, f"{type(e).__name__}: {e}"))
+        conn.execute("SELECT ml.blob_delete(%s)", (f"job/{job['id']}/",))
     finally:
         shutil.rmtree(ctx.workdir, ignore_errors=True)
