@@ -35,9 +35,10 @@ BEGIN
     RETURN defaults || options;
 END $$;
 
--- The columns a query returns, without running it.
+-- The columns a query returns, without running it. The query's names resolve as in the worker's
+-- session, which runs it later with the default search_path ("$user", public), not ml's.
 CREATE OR REPLACE FUNCTION ml._query_columns(query text) RETURNS text[]
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, "$user", public AS $$
 DECLARE
     view_name text := 'pgsight_query_' || pg_backend_pid();
     cols text[];
@@ -134,7 +135,7 @@ END $$;
 
 -- Run an evaluation job and wait for its result (the worker computes; the result is JSON).
 CREATE OR REPLACE FUNCTION ml._evaluate(what text, model_name text, query text, options jsonb) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
     jid bigint;
     st text;
@@ -148,11 +149,14 @@ BEGIN
         RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', coalesce(options::text, 'NULL');
     END IF;
     PERFORM ml._query_columns(query);
-    IF statement_timestamp() <> transaction_timestamp() THEN
-        RAISE EXCEPTION 'pgsight: ml.evaluate_% waits for a worker and cannot run inside a transaction block', what
-            USING HINT = 'run it on its own (autocommit)';
-    END IF;
-    jid := ml._submit_job('evaluate', model_name, jsonb_build_object('what', what, 'query', query, 'options', options));
+    -- The job is committed on its own (a worker must see it while we wait), whatever transaction the
+    -- caller is in: statement_timestamp() cannot tell, it differs from transaction_timestamp() under
+    -- the extended query protocol (every parameterised psycopg/SQLAlchemy call) even in autocommit.
+    jid := ml._autonomous(format(
+        'WITH j AS (INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id) '
+        'SELECT j.id::text FROM j, LATERAL (SELECT pg_catalog.pg_notify(%L, %L)) n',
+        'evaluate', model_name, jsonb_build_object('what', what, 'query', query, 'options', options),
+        'ml_work', 'job'))::bigint;
     st := ml.wait(jid, coalesce(nullif(options->>'timeout', '')::interval, interval '1 hour'));
     SELECT r.result, r.error INTO res, err
     FROM dblink(ml._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s', jid))
