@@ -13,9 +13,16 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     SELECT EXISTS (SELECT 1 FROM u)
 $$;
 
+-- Hand back the rows a worker claimed (after it lost its connection mid-batch, or on exit).
+CREATE OR REPLACE FUNCTION ml.worker_release(worker bigint) RETURNS int
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    WITH r AS (UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL WHERE claimed_by = worker RETURNING 1)
+    SELECT count(*)::int FROM r
+$$;
+
 CREATE OR REPLACE FUNCTION ml.worker_unregister(worker bigint) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL WHERE claimed_by = worker;
+    SELECT ml.worker_release(worker);
     UPDATE ml.jobs SET status = 'queued', claimed_by = NULL, lease_until = NULL
         WHERE claimed_by = worker AND status = 'running' AND kind <> 'backfill';
     UPDATE ml.rpc SET status = 'pending', claimed_by = NULL WHERE claimed_by = worker AND status = 'running';
@@ -113,11 +120,13 @@ $$;
 CREATE OR REPLACE FUNCTION ml._complete(worker bigint, queue_ids bigint[], as_failed boolean) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     WITH d AS (
-        DELETE FROM ml.queue WHERE id = ANY (queue_ids) AND claimed_by = worker RETURNING job_id
+        DELETE FROM ml.queue WHERE id = ANY (queue_ids) AND claimed_by = worker RETURNING job_id, attempts
     ), c AS (
-        SELECT job_id, count(*) AS n FROM d WHERE job_id IS NOT NULL GROUP BY job_id
+        SELECT job_id, count(*) AS n, count(*) FILTER (WHERE attempts > 1) AS again
+        FROM d WHERE job_id IS NOT NULL GROUP BY job_id
     )
-    UPDATE ml.jobs j SET done = j.done + c.n, failed = j.failed + CASE WHEN as_failed THEN c.n ELSE 0 END
+    UPDATE ml.jobs j SET done = j.done + c.n, failed = j.failed + CASE WHEN as_failed THEN c.n ELSE 0 END,
+        retried = j.retried + c.again
     FROM c WHERE j.id = c.job_id
 $$;
 
@@ -216,8 +225,10 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     n int;
 BEGIN
-    UPDATE ml.jobs j SET status = 'done', finished_at = now(),
-        error = CASE WHEN j.failed > 0 THEN format('%s of %s rows failed: see ml.errors', j.failed, j.total) END
+    UPDATE ml.jobs j SET status = CASE WHEN j.failed > 0 AND j.failed = j.total THEN 'failed' ELSE 'done' END,
+        finished_at = now(),
+        error = CASE WHEN j.failed > 0 THEN format('%s of %s rows failed (first: %s); see ml.errors', j.failed, j.total,
+            (SELECT e.error FROM ml.errors e WHERE e.job_id = j.id ORDER BY e.id LIMIT 1)) END
     WHERE j.kind = 'backfill' AND j.status IN ('queued', 'running')
       AND NOT EXISTS (SELECT 1 FROM ml.queue q WHERE q.job_id = j.id)
       AND NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = j.task_id AND t.index_state = 'pending');

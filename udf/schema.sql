@@ -93,6 +93,7 @@ CREATE TABLE ml.jobs (
                 CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     done        bigint NOT NULL DEFAULT 0,   -- rows (or steps) finished, failed ones included
     failed      bigint NOT NULL DEFAULT 0,
+    retried     bigint NOT NULL DEFAULT 0,   -- rows claimed more than once (a worker died or a batch failed)
     total       bigint,
     error       text,
     params      jsonb NOT NULL DEFAULT '{}',

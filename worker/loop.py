@@ -87,15 +87,22 @@ class Worker:
         log.info("worker %s on %s: device %s, roots %s", self.id, socket.gethostname(), self.device,
                  [str(r) for r in self.loader.roots])
         backoff = 0.5
+        lost = False
         try:
             while not self.stop.is_set():
                 try:
+                    if lost:  # the batches in flight died with the connection: hand their rows back
+                        released = self._conn("job").execute("SELECT ml.worker_release(%s)", (self.id,)).fetchone()[0]
+                        log.warning("reconnected; handed back %s rows claimed before the connection was lost", released)
+                        lost = False
+                        self.wake.set()
                     if not self._work_once():
                         self.wake.wait(self.config.poll_interval)
                         self.wake.clear()
                     backoff = 0.5
                 except psycopg.OperationalError as e:
                     log.warning("database connection lost (%s); retrying in %.1fs", e, backoff)
+                    lost = True
                     self._close_conns()
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 10)
@@ -150,7 +157,7 @@ class Worker:
                         if not conn.execute("SELECT ml.worker_heartbeat(%s)", (self.id,)).fetchone()[0]:
                             log.warning("worker %s was reaped (silent too long); registering again", self.id)
                             self._register()
-                        if time.monotonic() - last_reap > 5:
+                        if time.monotonic() - last_reap > self.config.heartbeat_interval * 2:
                             if conn.execute("SELECT ml.reap()").fetchone()[0]:
                                 self.wake.set()
                             last_reap = time.monotonic()
