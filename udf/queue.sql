@@ -95,13 +95,16 @@ BEGIN
     END IF;
     is_bytea := (SELECT atttypid = 'bytea'::regtype FROM pg_attribute
                  WHERE attrelid = t.table_name AND attname = t.source_col);
+    -- LATERAL: one primary-key lookup per row, whatever the table's size (a hash join would scan it)
     RETURN QUERY EXECUTE format(
-        'SELECT q.id, %s, q.key, x.%I IS NOT NULL, %s, %s, md5(x.%I)
+        'SELECT q.id, %s, q.key, x.found IS NOT NULL, x.src_text, x.src_bytes, x.src_hash
          FROM unnest($1::bigint[], $2::text[]) AS q(id, key)
-         LEFT JOIN %s x ON x.%I = q.key::%s ORDER BY q.id',
-        tid, t.key_col,
-        CASE WHEN is_bytea THEN 'NULL::text' ELSE format('x.%I::text', t.source_col) END,
-        CASE WHEN is_bytea THEN format('x.%I', t.source_col) ELSE 'NULL::bytea' END,
+         LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, md5(y.%I) AS src_hash
+                            FROM %s y WHERE y.%I = q.key::%s LIMIT 1) x ON true
+         ORDER BY q.id',
+        tid,
+        CASE WHEN is_bytea THEN 'NULL::text' ELSE format('y.%I::text', t.source_col) END,
+        CASE WHEN is_bytea THEN format('y.%I', t.source_col) ELSE 'NULL::bytea' END,
         t.source_col, t.table_name, t.key_col, t.key_type)
     USING ids, keys;
 END $$;
@@ -142,8 +145,8 @@ BEGIN
     IF t.id IS NOT NULL THEN
         EXECUTE format(
             'UPDATE %s x SET %I = v.vec FROM unnest($1::text[], $2::text[], $3::vector[]) AS v(key, h, vec)
-             WHERE x.%I = v.key::%s AND md5(x.%I) IS NOT DISTINCT FROM v.h',
-            t.table_name, t.result_col, t.key_col, t.key_type, t.source_col)
+             WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h',
+            t.table_name, t.result_col, t.key_col, t.key_type, t.key_col, t.key_type, t.source_col)
         USING keys, hashes, vecs;
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM ml._forget_errors(tid, keys);
@@ -163,8 +166,9 @@ BEGIN
         EXECUTE format(
             'UPDATE %s x SET %I = v.answer, %I = v.score
              FROM unnest($1::text[], $2::text[], $3::text[], $4::real[]) AS v(key, h, answer, score)
-             WHERE x.%I = v.key::%s AND md5(x.%I) IS NOT DISTINCT FROM v.h',
-            t.table_name, t.result_col, t.result_col || '_score', t.key_col, t.key_type, t.source_col)
+             WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h',
+            t.table_name, t.result_col, t.result_col || '_score', t.key_col, t.key_type, t.key_col, t.key_type,
+            t.source_col)
         USING keys, hashes, answers, scores;
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM ml._forget_errors(tid, keys);

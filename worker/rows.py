@@ -143,6 +143,7 @@ class RowProcessor:
         tid = batch.task.get("id")
         if batch.retry_error:
             conn.execute("SELECT ml.retry_rows(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, batch.retry_error))
+            conn.execute("SELECT ml.finish_jobs()")  # the last attempt may have dead-lettered the job's last rows
             return 0
         if batch.errors:
             idx = sorted(batch.errors)
