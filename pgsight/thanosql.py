@@ -211,7 +211,7 @@ class _Parser:
 
     def name(self, what: str) -> str:
         tok = self.peek()
-        if tok is None or not (tok.token_type == TokenType.IDENTIFIER or _is_word(tok.text)) or self.at("AS", "OPTIONS"):
+        if tok is None or not (tok.token_type == TokenType.IDENTIFIER or _is_word(tok.text)) or self.at("AS", "OPTIONS", "USING", "FROM"):
             raise self.error(f"expected {what}, got {repr(tok.text) if tok else 'the end of the statement'}")
         self.i += 1
         return tok.text
