@@ -4,12 +4,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+import psycopg
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.progress import TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from pgsight.runner import JobFailed, Reporter, Result
@@ -26,7 +34,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _dsn(dsn: Optional[str]) -> str:
+def _dsn(dsn: str | None) -> str:
     from pgsight.db.dsn import resolve
 
     try:
@@ -36,9 +44,7 @@ def _dsn(dsn: Optional[str]) -> str:
     raise AssertionError  # unreachable
 
 
-def _connect(dsn: Optional[str]):
-    import psycopg
-
+def _connect(dsn: str | None):
     target = _dsn(dsn)
     try:
         return psycopg.connect(target, autocommit=True)
@@ -50,8 +56,6 @@ def _connect(dsn: Optional[str]):
 
 def _db_error(e: Exception) -> None:
     """A database error as the user should read it: the message, then PostgreSQL's hint."""
-    import psycopg
-
     if isinstance(e, psycopg.Error) and e.diag is not None:
         msg = e.diag.message_primary or str(e)
         hint = e.diag.message_hint
@@ -119,7 +123,7 @@ def print_rows(result: Result, max_rows: int) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def status(dsn: Optional[str] = DsnOpt,
+    def status(dsn: str | None = DsnOpt,
                watch: bool = typer.Option(False, "--watch", "-w", help="redraw until Ctrl-C"),
                interval: float = typer.Option(1.0, "--interval", min=0.1, help="seconds between redraws"),
                recent: str = typer.Option("10 minutes", "--recent", help="also show jobs that ended this recently"),
@@ -146,8 +150,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def show(query: str = typer.Argument(..., help="a SELECT whose rows hold images (paths, URLs or bytea)"),
              output: Path = typer.Option(Path("sheet.png"), "-o", "--output", help="where the PNG is written"),
-             dsn: Optional[str] = DsnOpt, image_root: list[Path] = RootOpt,
-             image_col: Optional[str] = typer.Option(None, "--image-col", help="default: image_path, else a "
+             dsn: str | None = DsnOpt, image_root: list[Path] = RootOpt,
+             image_col: str | None = typer.Option(None, "--image-col", help="default: image_path, else a "
                                                      "bytea column, else the first"),
              thumb: int = typer.Option(128, "--thumb", min=16, help="thumbnail size in pixels"),
              allow_urls: bool = typer.Option(False, "--allow-urls", help="fetch http(s) image URLs")) -> None:
@@ -163,7 +167,7 @@ def register(app: typer.Typer) -> None:
                                                  sheets.ImageLoader(roots, allow_urls=allow_urls), thumb=thumb)
             except ValueError as e:
                 _fail(str(e))
-            except Exception as e:  # database errors: the server's message and hint
+            except psycopg.Error as e:  # the server's message and hint
                 _db_error(e)
         image.save(output)
         console.print(f"wrote {output} ({len(got.rows)} image(s) from column {got.image_col}, "
@@ -175,10 +179,10 @@ def register(app: typer.Typer) -> None:
                         recursive: bool = typer.Option(False, "--recursive", "-r", help="read subfolders too"),
                         label_from_folder: bool = typer.Option(False, "--label-from-folder",
                                                                help="label = the first folder under DIRECTORY"),
-                        relative_to: Optional[Path] = typer.Option(None, "--relative-to", help="store paths "
+                        relative_to: Path | None = typer.Option(None, "--relative-to", help="store paths "
                                                                    "relative to this (the worker's --image-root)"),
                         overwrite: bool = typer.Option(False, "--overwrite", help="drop the table first"),
-                        dsn: Optional[str] = DsnOpt) -> None:
+                        dsn: str | None = DsnOpt) -> None:
         """Load a folder of images into a table (id, image_path[, label]) with COPY (ThanoSQL's COPY)."""
         from pgsight.load_images import LoadError, load_csv, load_images
 
@@ -191,10 +195,10 @@ def register(app: typer.Typer) -> None:
                     res = load_images(conn, directory, table, recursive=recursive,
                                       label_from_folder=label_from_folder, relative_to=relative_to,
                                       overwrite=overwrite, progress=reporter.load_progress)
-            except LoadError as e:
+            except (LoadError, OSError) as e:
                 reporter.close()
                 _fail(str(e))
-            except Exception as e:
+            except psycopg.Error as e:
                 reporter.close()
                 _db_error(e)
         reporter.close()
@@ -205,7 +209,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def sql(text: str = typer.Argument(..., help="SQL and/or ThanoSQL statements ('-' reads stdin)"),
-            dsn: Optional[str] = DsnOpt, dry_run: bool = typer.Option(False, "--dry-run",
+            dsn: str | None = DsnOpt, dry_run: bool = typer.Option(False, "--dry-run",
                                                                       help="print the translation, run nothing"),
             image_root: list[Path] = RootOpt,
             output: Path = typer.Option(Path("sheet.png"), "-o", "--output", help="PRINT IMAGE writes this PNG"),
@@ -237,7 +241,7 @@ def register(app: typer.Typer) -> None:
                 except KeyboardInterrupt:
                     reporter.close()
                     raise typer.Exit(130) from None
-                except Exception as e:
+                except psycopg.Error as e:
                     reporter.close()
                     _db_error(e)
                 for r in results:

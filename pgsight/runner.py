@@ -115,8 +115,10 @@ class Runner:
                 out.append(result)
         return out
 
-    def _sql(self, step: thanosql.Step, t: thanosql.Translation) -> Result:
+    def _sql(self, step: thanosql.Step, t: thanosql.Translation) -> Result | None:
         cur = self.conn.execute(step.sql.encode())  # bytes: a % in the SQL is not a placeholder
+        if step.params.get("quiet"):
+            return None
         if cur.description is None:
             return Result("message", t.source, message=cur.statusmessage or "OK")
         return Result("rows", t.source, [d.name for d in cur.description], cur.fetchall())

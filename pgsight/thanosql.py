@@ -349,7 +349,7 @@ def _require_str(p: _Parser, opts: dict[str, Any], *keys: str) -> None:
 def _drop_if_exists(fn: str, table: str, col: str, kind: str) -> Step:
     return Step("sql", f"SELECT ml.{fn}(t.table_name, t.result_col) FROM ml.tasks t\n"
                        f"WHERE t.table_name = {literal(table)}::regclass AND t.result_col = {literal(col)} "
-                       f"AND t.kind = {literal(kind)}", comment="overwrite=True: drop the old column first")
+                       f"AND t.kind = {literal(kind)}", {"quiet": True}, comment="overwrite=True: drop the old column first")
 
 
 # -- the statements ------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def _convert(p: _Parser) -> Translation:
     model = p.name("a model name")
     opts = p.options({"image_col": "image_path", "text_col": None, "result_col": "convert_result",
                       "batch_size": None, "overwrite": False})
-    query, tree = p.query()
+    _query, tree = p.query()
     p.end()
     table = _one_table(p, tree, "whose rows get the new column")
     modality, col = ("text", opts["text_col"]) if opts["text_col"] else ("image", opts["image_col"])

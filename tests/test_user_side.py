@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from conftest import write_png
+from pgsight.worker.images import ImageLoader
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_png
 from pgsight import sheets, status
 from pgsight.cli import app
 from pgsight.load_images import LoadError, load_csv, load_images
 from pgsight.runner import Runner
 from pgsight.testing import running_worker
 from pgsight.thanosql import translate
-from pgsight.worker.images import ImageLoader
 
 cli = CliRunner(env={"COLUMNS": "160"})
 
@@ -215,10 +215,10 @@ def test_sql_command_dry_run_run_and_errors(dsn, photos, tmp_path):
     sheet = tmp_path / "s.png"
     with running_worker(dsn, [photos]):
         res = cli.invoke(app, ["sql", "--dsn", dsn, "--image-root", str(photos), "-o", str(sheet),
-                               "CONVERT USING px AS SELECT * FROM photos;"
-                               "PRINT IMAGE AS SELECT image_path, caption FROM photos ORDER BY convert_result "
-                               "<=> ml.embed_image('px', 'img1.png') LIMIT 4;"
-                               "SELECT id, caption FROM photos ORDER BY id LIMIT 2"])
+                               ("CONVERT USING px AS SELECT * FROM photos;"
+                                "PRINT IMAGE AS SELECT image_path, caption FROM photos ORDER BY convert_result "
+                                "<=> ml.embed_image('px', 'img1.png') LIMIT 4;"
+                                "SELECT id, caption FROM photos ORDER BY id LIMIT 2")])
     assert res.exit_code == 0, res.output
     assert "CONVERT: job" in res.stderr and "12 of 12 rows computed" in res.stderr
     assert f"wrote {sheet}" in res.stderr and sheet.exists()
