@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from pgsight.runner import JobFailed, Reporter, Result
 
@@ -30,7 +31,7 @@ RootOpt = typer.Option([], "--image-root", help="directory relative image paths 
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(Text.assemble(("error: ", "red"), message), soft_wrap=True)  # no markup: messages hold [..]
     raise typer.Exit(1)
 
 
@@ -85,10 +86,10 @@ class CliReporter(Reporter):
             self.progress = None
 
     def info(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(Text(message), soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]{message}[/yellow]", highlight=False)
+        self.console.print(Text(message, style="yellow"), soft_wrap=True)
 
     def job_started(self, job_id: int, label: str) -> None:
         self._bar(f"job {job_id} {label}", "")
@@ -114,7 +115,7 @@ def print_rows(result: Result, max_rows: int) -> None:
     for c in result.columns:
         table.add_column(c, overflow="ellipsis", max_width=60)
     for row in result.rows[:max_rows]:
-        table.add_row(*["NULL" if v is None else str(v) for v in row])
+        table.add_row(*[Text("NULL" if v is None else str(v)) for v in row])  # Text: values are not markup
     out.print(table)
     more = len(result.rows) - max_rows
     console.print(f"({len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
@@ -253,4 +254,4 @@ def register(app: typer.Typer) -> None:
                         r.image.save(path)
                         console.print(f"wrote {path}: {r.message}")
                     else:
-                        console.print(r.message, highlight=False)
+                        console.print(Text(r.message), soft_wrap=True)

@@ -157,3 +157,15 @@ def sheet(dsn: str | psycopg.Connection, query: str, image_roots: Sequence[str |
         with psycopg.connect(dsn, autocommit=True) as conn:
             got = query_rows(conn, query, image_col)
     return contact_sheet(got.rows, got.columns, got.image_col, loader, thumb=thumb, ncols=ncols, title=title)
+
+
+def save_query_sheet(conn: psycopg.Connection, query: str, path: str | Path,
+                     image_roots: Sequence[str | Path], title: str | None = None, thumb: int = 96) -> Path:
+    """Write the contact sheet of a query to `path` (PNG); for demos and reports: people would rather
+    look than read. Returns the path."""
+    got = query_rows(conn, query)
+    image = contact_sheet(got.rows, got.columns, got.image_col, ImageLoader([Path(r) for r in image_roots]),
+                          thumb=thumb, title=title)
+    path = Path(path)
+    image.save(path)
+    return path

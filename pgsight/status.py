@@ -104,7 +104,7 @@ def render(snap: Snapshot) -> RenderableType:
         bar = ProgressBar(total=float(total or 1), completed=float(j["done"] if total else 0), width=24,
                           pulse=total is None and j["status"] == "running")
         extra = j["progress"] or {}
-        jobs.add_row(str(j["id"]), j["kind"], _job_target(j), Text(j["status"], style=style.get(j["status"], "")),
+        jobs.add_row(str(j["id"]), j["kind"], Text(_job_target(j)), Text(j["status"], style=style.get(j["status"], "")),
                      bar, f"{j['done']}/{total if total is not None else '?'}",
                      f"{j['rows_per_s']:.1f}" if j["rows_per_s"] else "-",
                      duration(j["eta"]), duration(j["elapsed"]),
@@ -127,7 +127,7 @@ def render(snap: Snapshot) -> RenderableType:
     for col in ("column", "model", "pending", "in flight", "retrying", "oldest pending", "errors"):
         backlog.add_column(col, justify="left" if col in ("column", "model") else "right")
     for b in snap.backlog:
-        backlog.add_row(f"{b['table_name']}.{b['result_col']}", b["model"], str(b["pending"]), str(b["in_flight"]),
+        backlog.add_row(Text(f"{b['table_name']}.{b['result_col']}"), Text(b["model"]), str(b["pending"]), str(b["in_flight"]),
                         str(b["retrying"]), duration(b["oldest_pending"]),
                         Text(str(b["errors"]), style="red" if b["errors"] else ""))
     parts.append(backlog if snap.backlog else Text("backlog: no pgsight columns yet", style="dim"))
@@ -137,8 +137,8 @@ def render(snap: Snapshot) -> RenderableType:
         for col in ("column", "model", "rows", "last error", "when"):
             errors.add_column(col, overflow="fold" if col == "last error" else "ellipsis")
         for e in snap.errors:
-            errors.add_row(f"{e['table_name']}.{e['column_name']}", e["model"] or "-", str(e["errors"]),
-                           e["last_error"], duration(snap.at - e["last_at"]) + " ago")
+            errors.add_row(Text(f"{e['table_name']}.{e['column_name']}"), Text(e["model"] or "-"), str(e["errors"]),
+                           Text(e["last_error"]), duration(snap.at - e["last_at"]) + " ago")
         parts.append(errors)
     for h in hints(snap):
         parts.append(Text("→ " + h, style="yellow"))

@@ -223,6 +223,9 @@ def test_sql_command_dry_run_run_and_errors(dsn, photos, tmp_path):
     assert "CONVERT: job" in res.stderr and "12 of 12 rows computed" in res.stderr
     assert f"wrote {sheet}" in res.stderr and sheet.exists()
     assert "photo 1" in res.stdout and "(2 rows)" in res.stderr
+    res = cli.invoke(app, ["sql", "--dsn", dsn, "SELECT '[1,2.5,3]'::vector AS v, '[red]x[/red]' AS markup"])
+    assert res.exit_code == 0, res.output
+    assert "[1,2.5,3]" in res.stdout and "[red]x[/red]" in res.stdout  # values are never rich markup
     res = cli.invoke(app, ["sql", "--dsn", dsn, "SELECT ml.create_embedding('photos', 'px', 'image_path', 'convert_result')"])
     assert res.exit_code == 1
     assert "already has a column convert_result" in res.stderr and "hint: choose another result_col" in res.stderr
