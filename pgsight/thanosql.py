@@ -16,14 +16,30 @@ ThanoSQL statement passes through as plain SQL. The result is a `Translation`: s
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, TokenError
+from sqlglot.errors import ParseError
 from sqlglot.tokens import Token, TokenType
+
+from pgsight.sqltext import (
+    ThanoSQLError,
+    add_columns,
+    from_clause,
+    has_star,
+    is_simple,
+    is_word,
+    json_literal,
+    literal,
+    quote_ident,
+    split_statements,
+    tokenize,
+)
+
+__all__ = ["Step", "ThanoSQLError", "Translation", "literal", "quote_ident", "split_statements", "tokenize",
+           "translate", "translate_script"]
 
 #: models that GET THANOSQL MODEL knows: ThanoSQL name -> (kind, hub id)
 KNOWN_MODELS = {
@@ -48,17 +64,6 @@ SYNTAX = {
     "COPY": "COPY <table> [OPTIONS (overwrite=True, recursive=True, label_from_folder=True)] FROM '<dir or file.csv>'",
 }
 HEADS = ("GET", "BUILD", "CONVERT", "SEARCH", "PREDICT", "PRINT")
-
-
-class ThanoSQLError(ValueError):
-    """A statement that cannot be translated; str() says what was wrong and how to write it."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-    def __str__(self) -> str:
-        return self.message + (f"\n  hint: {self.hint}" if self.hint else "")
 
 
 @dataclass
@@ -89,47 +94,6 @@ class Translation:
             elif s.action in ("sql", "sheet"):
                 out.append(s.sql.rstrip() + ";")
         return "\n".join(out)
-
-
-# -- quoting -----------------------------------------------------------------------------------------
-def literal(value: str) -> str:
-    if "\x00" in value:
-        raise ThanoSQLError("a string contains a NUL byte")
-    return "'" + value.replace("'", "''") + "'"
-
-
-def quote_ident(name: str) -> str:
-    plain = name[:1].isalpha() or name[:1] == "_"
-    plain = plain and all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in name)
-    return name if plain else '"' + name.replace('"', '""') + '"'
-
-
-def json_literal(options: dict[str, Any]) -> str:
-    return literal(json.dumps(options)) + "::jsonb"
-
-
-# -- splitting a script into statements --------------------------------------------------------------
-def tokenize(text: str) -> list[Token]:
-    try:
-        return sqlglot.tokenize(text, dialect="postgres")
-    except TokenError as e:
-        raise ThanoSQLError(f"cannot read the SQL: {e}", "check for an unterminated quote or comment") from None
-
-
-def split_statements(text: str) -> list[tuple[str, list[Token]]]:
-    """(statement text, its tokens with offsets into that text), split at top-level semicolons."""
-    out: list[tuple[str, list[Token]]] = []
-    current: list[Token] = []
-    for tok in [*tokenize(text), None]:
-        if tok is None or tok.token_type == TokenType.SEMICOLON:
-            if current:
-                start, end = current[0].start, current[-1].end + 1
-                stmt = text[start:end]
-                out.append((stmt, tokenize(stmt)))
-            current = []
-        else:
-            current.append(tok)
-    return out
 
 
 def is_thanosql(tokens: list[Token]) -> bool:
@@ -211,7 +175,7 @@ class _Parser:
 
     def name(self, what: str) -> str:
         tok = self.peek()
-        if tok is None or not (tok.token_type == TokenType.IDENTIFIER or _is_word(tok.text)) or self.at("AS", "OPTIONS", "USING", "FROM"):
+        if tok is None or not (tok.token_type == TokenType.IDENTIFIER or is_word(tok.text)) or self.at("AS", "OPTIONS", "USING", "FROM"):
             raise self.error(f"expected {what}, got {repr(tok.text) if tok else 'the end of the statement'}")
         self.i += 1
         return tok.text
@@ -253,7 +217,7 @@ class _Parser:
             return text.upper() == "TRUE"
         if text.upper() in ("NONE", "NULL"):
             return None
-        if _is_word(text):
+        if is_word(text):
             return text  # search_by=image
         raise self.error(f"expected a value (a 'string', a number, True, False or None), got {text!r}", tok)
 
@@ -289,48 +253,14 @@ class _Parser:
         return text, trees[0]
 
 
-def _is_word(text: str) -> bool:
-    return text.replace("_", "a").isalnum() and not text[:1].isdigit() and text.isascii()
-
-
-def _from(select: exp.Expression) -> exp.Expression | None:
-    f = select.args.get("from_") or select.args.get("from")
-    return f.this if f is not None else None
-
-
 def _one_table(p: _Parser, tree: exp.Expression, why: str) -> str:
     """The table a simple `SELECT ... FROM t [WHERE ...]` reads (quoted, schema-qualified as written)."""
-    src = _from(tree) if isinstance(tree, exp.Select) else None
+    src = from_clause(tree) if isinstance(tree, exp.Select) else None
     if src is None or not isinstance(src, exp.Table) or tree.args.get("joins") or tree.args.get("with_"):
         raise ThanoSQLError(f"{p.head}: the query after AS must read one table (SELECT ... FROM my_table), {why}",
                             "write it as " + SYNTAX[p.head])
     parts = [i for i in (src.args.get("db"), src.this) if i is not None]
     return ".".join(quote_ident(i.name if i.quoted else i.name.lower()) for i in parts)
-
-
-def _is_simple(tree: exp.Expression) -> bool:
-    """A plain SELECT ... FROM ... [WHERE] that may get columns, ORDER BY and LIMIT added in place."""
-    return isinstance(tree, exp.Select) and _from(tree) is not None and not any(
-        tree.args.get(k) for k in ("with_", "order", "limit", "offset", "distinct", "group", "having", "locks",
-                                   "windows", "qualify", "fetch"))
-
-
-def _has_star(tree: exp.Expression) -> bool:
-    return any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star))
-               for e in tree.expressions)
-
-
-def _add_columns(query: str, extra: str) -> str:
-    """`extra` added to the select list of a simple query, just before its top-level FROM."""
-    depth = 0
-    for tok in tokenize(query):
-        if tok.token_type == TokenType.L_PAREN:
-            depth += 1
-        elif tok.token_type == TokenType.R_PAREN:
-            depth -= 1
-        elif depth == 0 and tok.token_type == TokenType.FROM:
-            return f"{query[:tok.start].rstrip()}, {extra}\n{query[tok.start:]}"
-    raise ThanoSQLError("the query has no FROM")
 
 
 def _check_positive_int(p: _Parser, key: str, value: Any, allow_none: bool = False) -> None:
@@ -437,11 +367,11 @@ def _search(p: _Parser) -> Translation:
     distance = f"{quote_ident(opts['emb_col'])} <=> {fn}({literal(model)}, {literal(opts['search_input'])})"
     limit = f"\nLIMIT {opts['top_k']}" if opts["top_k"] is not None else ""
     result = quote_ident(opts["result_col"])
-    if _is_simple(tree):
-        sql = f"{_add_columns(query, f'{distance} AS {result}')}\nORDER BY {result}{limit}"
+    if is_simple(tree):
+        sql = f"{add_columns(query, f'{distance} AS {result}')}\nORDER BY {result}{limit}"
     else:
         names = {e.alias_or_name for e in tree.expressions} if isinstance(tree, exp.Select) else set()
-        if isinstance(tree, exp.Select) and not _has_star(tree) and opts["emb_col"] not in names:
+        if isinstance(tree, exp.Select) and not has_star(tree) and opts["emb_col"] not in names:
             raise ThanoSQLError(f"SEARCH IMAGE: the query must return the column emb_col={opts['emb_col']!r}",
                                 "add it to the select list, or SELECT * FROM <table>")
         sql = f"SELECT q.*, q.{distance} AS {result}\nFROM ({query}) AS q\nORDER BY {result}{limit}"
@@ -464,8 +394,8 @@ def _predict(p: _Parser) -> Translation:
                              f"{literal(opts['question'])}, {literal(col)})", {"table": table, "column": col},
                       comment=f"{table}.{col} (and {col}_score) are computed for every row and kept in sync"))
     names = {e.alias_or_name for e in tree.expressions} if isinstance(tree, exp.Select) else set()
-    if _is_simple(tree) and not _has_star(tree) and col not in names:
-        query = _add_columns(query, f"{quote_ident(col)}, {quote_ident(col + '_score')}")
+    if is_simple(tree) and not has_star(tree) and col not in names:
+        query = add_columns(query, f"{quote_ident(col)}, {quote_ident(col + '_score')}")
     steps.append(Step("sql", query))
     return Translation("PREDICT", p.text, steps)
 

@@ -1,6 +1,7 @@
 """The user's side against a real database: status, contact sheets, load-images, ThanoSQL run end to end."""
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from conftest import write_png
 from pgsight.worker.images import ImageLoader
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from pgsight import sheets, status
@@ -71,6 +73,9 @@ def test_status_shows_backlog_jobs_workers_and_errors(dsn, photos):
         assert (e["table_name"], e["column_name"], e["errors"]) == ("public.photos", "embedding", 1)
         assert "file not found: missing.png" in e["last_error"]
 
+    buf = io.StringIO()
+    status.watch(dsn, Console(file=buf, width=160), interval=0.05, iterations=2)
+    assert buf.getvalue().count("public.photos.embedding") >= 2  # drawn twice
     res = cli.invoke(app, ["status", "--dsn", dsn, "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
