@@ -234,3 +234,33 @@ def test_sql_command_dry_run_run_and_errors(dsn, photos, tmp_path):
     res = cli.invoke(app, ["sql", "--dsn", dsn, "SELECT ml.create_embedding('photos', 'px', 'image_path', 'convert_result')"])
     assert res.exit_code == 1
     assert "already has a column convert_result" in res.stderr and "hint: choose another result_col" in res.stderr
+
+
+def test_waiting_for_a_job_without_worker_says_so_and_ctrl_c_leaves_it_running(dsn, photos, monkeypatch):
+    from pgsight import runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "NO_WORKER_AFTER", 0.2)
+    warnings: list[str] = []
+
+    class Impatient(runner_mod.Reporter):
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+        def job_progress(self, job_id, status, done, total, info) -> None:
+            if warnings:
+                raise KeyboardInterrupt  # the user gives up
+
+    with psycopg.connect(dsn) as conn:
+        r = Runner(conn, Impatient(), image_roots=[photos])
+        with pytest.raises(KeyboardInterrupt):
+            r.run("CONVERT USING px AS SELECT * FROM photos")
+        job = conn.execute("SELECT id, status FROM ml.jobs").fetchone()
+        assert job[1] == "queued"
+        assert "no pgsight worker is alive: start one with `pgsight worker --image-root DIR`" in warnings[0]
+        assert warnings[1] == (f"stopped waiting; job {job[0]} goes on (watch it with `pgsight status`, "
+                               f"stop it with SELECT ml.cancel({job[0]}))")
+        # BUILD MODEL options are checked by the database before a job is queued
+        with pytest.raises(psycopg.errors.RaiseException) as err:
+            r.run("BUILD MODEL m USING SimCLR OPTIONS (image_col='image_path', bogus=1) AS SELECT * FROM photos")
+        assert "unknown option 'bogus' for kind simclr" in str(err.value)
+        assert "max_epochs" in err.value.diag.message_hint
