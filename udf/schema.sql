@@ -118,7 +118,8 @@ CREATE TABLE ml.queue (
     not_before  timestamptz,
     lease_until timestamptz,
     claimed_by  bigint,
-    last_error  text
+    last_error  text,
+    queued_at   timestamptz NOT NULL DEFAULT now()   -- for the backlog's oldest-pending age (ml.status_backlog)
 );
 CREATE INDEX queue_task_idx ON ml.queue (task_id, id);
 CREATE INDEX queue_job_idx ON ml.queue (job_id) WHERE job_id IS NOT NULL;
