@@ -48,6 +48,8 @@ class WorkerConfig:
     device: str = "auto"
     batch_size: int = 256
     allow_urls: bool = False
+    url_timeout: float = 10.0
+    max_image_bytes: int = 50 * 1024 * 1024
     poll_interval: float = 1.0
     heartbeat_interval: float = 2.0
     loader_threads: int = 2   # per feeder; image decode is mostly GIL-bound for small images
@@ -60,7 +62,8 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.device = pick_device(config.device)
-        self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls)
+        self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls, url_timeout=config.url_timeout,
+                                  max_bytes=config.max_image_bytes)
         cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
         self.models = ModelCache(self.device, cache)
         self.rows = RowProcessor(self.models, self.loader, config.loader_threads)
