@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, pool
 from pgsight import udf
 
 HEAD = "head"
+_REQUIRED_EXTENSIONS = ("vector", "dblink")
 
 
 def migrations_dir() -> Path:
@@ -69,8 +70,8 @@ def _check_server(dsn: str) -> None:
             raise RuntimeError(f"pgsight needs PostgreSQL 15 or newer; this server is {version // 10000}")
         missing = [
             name for (name,) in conn.execute(
-                "SELECT n FROM unnest(ARRAY['vector', 'dblink']) n "
-                "WHERE NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = n)")
+                "SELECT n FROM unnest(%s::text[]) n "
+                "WHERE NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = n)", (list(_REQUIRED_EXTENSIONS),))
         ]
         if missing:
             raise RuntimeError(

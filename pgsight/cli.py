@@ -16,7 +16,7 @@ app = typer.Typer(help="pgsight: multimodal models inside PostgreSQL.", no_args_
 server_app = typer.Typer(help="The embedded PostgreSQL server (PostgreSQL 18 + pgvector + dblink).",
                          no_args_is_help=True)
 app.add_typer(server_app, name="server")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay on one line for grep and logs
 
 DsnOpt = typer.Option(None, "--dsn", help="libpq DSN; default $PGSIGHT_DSN, else the embedded server")
 DataDirOpt = typer.Option(None, "--data-dir", help="embedded server data directory (default: the user data dir)")
@@ -136,6 +136,11 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="where images and pictu
 
     sys.exit(run_demo(out.resolve(), data_dir))
 
+
+# status, show, load-images, sql: the user's side, in pgsight/commands.py
+from pgsight.commands import register as _register_user_commands  # noqa: E402
+
+_register_user_commands(app)
 
 if __name__ == "__main__":
     app()

@@ -1,26 +1,14 @@
 """End to end: insert → trigger → NOTIFY → worker → write back → search in SQL."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import psycopg
 import pytest
 from PIL import Image
 
-from conftest import write_png
+from conftest import wait_for, write_png
 from pgsight.testing import running_worker
 from pgsight.worker.models.pixels import pixel_vector
-
-
-def wait_for(predicate, timeout=20.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -36,7 +36,9 @@ BEGIN
                 USING HINT = 'see SELECT * FROM ml.jobs WHERE id = ' || job_id || '; is a worker running (ml.workers)?';
         END IF;
         PERFORM pg_sleep(pause);
-        pause := least(pause * 1.5, 0.5);
+        -- quick to notice a short job's end, gentle on the server for a long one
+        pause := least(pause * 1.5, CASE WHEN clock_timestamp() < deadline - timeout + interval '30 seconds'
+                                         THEN 0.05 ELSE 0.5 END);
     END LOOP;
 END $$;
 

@@ -65,8 +65,14 @@ BEGIN
     FOR t IN SELECT * FROM ml.tasks WHERE model = model_name LOOP
         IF t.kind = 'embedding' AND new_dim IS DISTINCT FROM (
                 SELECT atttypmod FROM pg_attribute WHERE attrelid = t.table_name AND attname = t.result_col) THEN
+            -- the index goes with the old type; a large re-embedding builds it again at the end
+            EXECUTE format('DROP INDEX IF EXISTS %s', (SELECT format('%I.%I', n.nspname, t.index_name)
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.table_name));
             EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s.vector(%s) USING NULL',
                            t.table_name, t.result_col, ml._vector_schema(), new_dim);
+            IF new_dim <= 2000 AND t.index_state <> 'none' THEN
+                UPDATE ml.tasks SET index_state = 'pending' WHERE id = t.id;
+            END IF;
         END IF;
         PERFORM ml._backfill(t.id);
     END LOOP;

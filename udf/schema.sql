@@ -16,7 +16,9 @@ INSERT INTO ml.settings (key, value) VALUES
     ('lease',          '10 minutes'),   -- a claimed batch is handed to another worker after this
     ('worker_timeout', '15 seconds'),   -- a worker without heartbeat for this long is dead
     ('max_attempts',   '5'),            -- transient failures of a row before it is dead-lettered
-    ('loopback',       '');             -- libpq connection string back to this database ('' = derive)
+    ('loopback',       ''),             -- libpq connection string back to this database ('' = derive)
+    ('index',          'auto'),         -- HNSW index of embedding columns: auto | now | off
+    ('index_defer_rows', '1000');       -- auto: backfills this large build the index once, at the end
 
 -- The kinds of model the workers know. Training options are validated against `train_options`
 -- (keys and default values) before a job is queued.
@@ -66,6 +68,7 @@ CREATE TABLE ml.tasks (
     key_col     text NOT NULL,
     key_type    text NOT NULL,
     index_name  text,
+    index_state text NOT NULL DEFAULT 'none' CHECK (index_state IN ('none', 'pending', 'ready')),
     created_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (table_name, result_col)
 );
@@ -90,6 +93,7 @@ CREATE TABLE ml.jobs (
                 CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     done        bigint NOT NULL DEFAULT 0,   -- rows (or steps) finished, failed ones included
     failed      bigint NOT NULL DEFAULT 0,
+    retried     bigint NOT NULL DEFAULT 0,   -- rows claimed more than once (a worker died or a batch failed)
     total       bigint,
     error       text,
     params      jsonb NOT NULL DEFAULT '{}',
@@ -114,7 +118,8 @@ CREATE TABLE ml.queue (
     not_before  timestamptz,
     lease_until timestamptz,
     claimed_by  bigint,
-    last_error  text
+    last_error  text,
+    queued_at   timestamptz NOT NULL DEFAULT now()   -- for the backlog's oldest-pending age (ml.status_backlog)
 );
 CREATE INDEX queue_task_idx ON ml.queue (task_id, id);
 CREATE INDEX queue_job_idx ON ml.queue (job_id) WHERE job_id IS NOT NULL;

@@ -19,6 +19,10 @@ BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'pgsight: % is not a table', tbl;
     END IF;
+    IF (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl)
+            IN ('ml', 'pg_catalog', 'information_schema', 'pg_toast') THEN
+        RAISE EXCEPTION 'pgsight: % is not a table pgsight may change (system or ml schema)', tbl;
+    END IF;
     SELECT * INTO m FROM ml.models WHERE name = model_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL')
@@ -87,32 +91,30 @@ END $$;
 
 -- Create the task: column(s), index, triggers, backfill. Runs in whichever transaction calls it.
 CREATE OR REPLACE FUNCTION ml._install_task(task_kind text, tbl regclass, model_name text, source_col text,
-                                            result_col text, modality text, question text) RETURNS bigint
+                                            result_col text, modality text, question text,
+                                            index_mode text DEFAULT 'auto') RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     chk record;
     m ml.models := (SELECT m FROM ml.models m WHERE name = model_name);
     tid int;
-    idx text;
-    opclass text;
+    jid bigint;
+    queued bigint;
 BEGIN
     SELECT * INTO chk FROM ml._check_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
+    IF index_mode NOT IN ('auto', 'now', 'off') THEN
+        RAISE EXCEPTION 'pgsight: setting index must be auto, now or off, got %', quote_literal(index_mode);
+    END IF;
     IF task_kind = 'embedding' THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.vector(%s)', tbl, result_col, ml._vector_schema(), m.dim);
-        IF m.dim <= 2000 THEN
-            opclass := ml._vector_schema() || '.' ||
-                CASE m.metric WHEN 'l2' THEN 'vector_l2_ops' WHEN 'ip' THEN 'vector_ip_ops' ELSE 'vector_cosine_ops' END;
-            idx := left(format('%s_%s_hnsw', (SELECT relname FROM pg_class WHERE oid = tbl), result_col), 63);
-            EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %s)', idx, tbl, result_col, opclass);
-        ELSE
-            RAISE NOTICE 'pgsight: % dimensions is over HNSW''s limit of 2000; %.% gets no index', m.dim, tbl, result_col;
-        END IF;
     ELSE
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I text, ADD COLUMN %I real', tbl, result_col, result_col || '_score');
     END IF;
 
     INSERT INTO ml.tasks (table_name, kind, model, source_col, result_col, modality, question, key_col, key_type, index_name)
-    VALUES (tbl, task_kind, model_name, source_col, result_col, modality, question, chk.key_col, chk.key_type, idx)
+    VALUES (tbl, task_kind, model_name, source_col, result_col, modality, question, chk.key_col, chk.key_type,
+            CASE WHEN task_kind = 'embedding' THEN
+                left(format('%s_%s_hnsw', (SELECT relname FROM pg_class WHERE oid = tbl), result_col), 63) END)
     RETURNING id INTO tid;
 
     -- New rows: one statement-level trigger (a bulk INSERT queues its rows in one go).
@@ -122,7 +124,55 @@ BEGIN
     EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %I ON %s FOR EACH ROW '
                    'WHEN (OLD.%I IS DISTINCT FROM NEW.%I) EXECUTE FUNCTION ml._on_update(%s, %L)',
                    'pgsight_' || tid || '_update', source_col, tbl, source_col, source_col, tid, chk.key_col);
-    RETURN ml._backfill(tid);
+    jid := ml._backfill(tid);
+
+    -- The HNSW index: maintained row by row it costs ~40x the write itself, so a large backfill
+    -- builds it once when its last row is written (ml.build_pending_index); small ones build it now.
+    IF task_kind = 'embedding' AND index_mode <> 'off' THEN
+        IF m.dim > 2000 THEN
+            RAISE NOTICE 'pgsight: % dimensions is over HNSW''s limit of 2000; %.% gets no index', m.dim, tbl, result_col;
+        ELSE
+            SELECT total INTO queued FROM ml.jobs WHERE id = jid;
+            IF index_mode = 'now' OR queued < ml.setting('index_defer_rows')::bigint THEN
+                PERFORM ml._create_index(tid);
+            ELSE
+                UPDATE ml.tasks SET index_state = 'pending' WHERE id = tid;
+            END IF;
+        END IF;
+    END IF;
+    RETURN jid;
+END $$;
+
+CREATE OR REPLACE FUNCTION ml._create_index(tid int) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_mem = '256MB' AS $$
+DECLARE
+    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    metric text := (SELECT metric FROM ml.models WHERE name = t.model);
+BEGIN
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
+                   t.result_col, ml._vector_schema(),
+                   CASE metric WHEN 'l2' THEN 'vector_l2_ops' WHEN 'ip' THEN 'vector_ip_ops' ELSE 'vector_cosine_ops' END);
+    UPDATE ml.tasks SET index_state = 'ready' WHERE id = tid;
+END $$;
+
+-- Worker: build one pending index whose backfill has no rows left. One transaction: a worker that
+-- dies mid-build leaves the task pending for the next one.
+CREATE OR REPLACE FUNCTION ml.build_pending_index(worker bigint) RETURNS int
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    tid int;
+BEGIN
+    SELECT t.id INTO tid FROM ml.tasks t
+    WHERE t.index_state = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM ml.queue q JOIN ml.jobs j ON j.id = q.job_id
+                      WHERE j.task_id = t.id AND j.kind = 'backfill')
+    LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF tid IS NOT NULL THEN
+        UPDATE ml.jobs SET progress = progress || '{"stage": "building index"}'
+        WHERE task_id = tid AND kind = 'backfill' AND status = 'running';
+        PERFORM ml._create_index(tid);
+    END IF;
+    RETURN tid;
 END $$;
 
 -- Queue every row of a task in a new backfill job; returns the job id.
@@ -188,10 +238,10 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
     PERFORM ml._check_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
     IF statement_timestamp() = transaction_timestamp() AND NOT ml._locked_by_me(tbl) THEN
-        RETURN ml._autonomous(format('SELECT ml._install_task(%L, %s::oid::regclass, %L, %L, %L, %L, %L)',
-            task_kind, tbl::oid, model_name, source_col, result_col, modality, question))::bigint;
+        RETURN ml._autonomous(format('SELECT ml._install_task(%L, %s::oid::regclass, %L, %L, %L, %L, %L, %L)',
+            task_kind, tbl::oid, model_name, source_col, result_col, modality, question, ml.setting('index')))::bigint;
     END IF;
-    RETURN ml._install_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
+    RETURN ml._install_task(task_kind, tbl, model_name, source_col, result_col, modality, question, ml.setting('index'));
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.create_embedding(table_name regclass, model text, source_col text,
@@ -237,3 +287,35 @@ CREATE OR REPLACE FUNCTION ml.drop_prediction(table_name regclass, result_col te
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     SELECT ml._drop_task('prediction', table_name, result_col)
 $$;
+
+-- A user table (or a result column) dropped with plain DDL takes its pgsight task along.
+CREATE OR REPLACE FUNCTION ml._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, ml AS $$
+DECLARE
+    gone int[];
+BEGIN
+    IF to_regclass('ml.tasks') IS NULL THEN
+        RETURN;  -- the ml schema itself is being dropped
+    END IF;
+    SELECT array_agg(t.id) INTO gone
+    FROM pg_event_trigger_dropped_objects() o JOIN ml.tasks t ON t.table_name::oid = o.objid
+    WHERE o.object_type = 'table'
+       OR (o.object_type = 'table column' AND o.address_names[cardinality(o.address_names)] = t.result_col);
+    IF gone IS NOT NULL THEN
+        DELETE FROM ml.queue WHERE task_id = ANY (gone);
+        UPDATE ml.jobs SET status = 'cancelled', error = 'table or column dropped', finished_at = now()
+        WHERE task_id = ANY (gone) AND status IN ('queued', 'running');
+        DELETE FROM ml.tasks WHERE id = ANY (gone);
+    END IF;
+END $$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgsight_sql_drop') THEN
+        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            CREATE EVENT TRIGGER pgsight_sql_drop ON sql_drop EXECUTE FUNCTION ml._on_sql_drop();
+        ELSE
+            RAISE NOTICE 'pgsight: not a superuser, so no event trigger: drop pgsight columns with ml.drop_embedding';
+        END IF;
+    END IF;
+END $$;

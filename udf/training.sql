@@ -35,25 +35,25 @@ BEGIN
     RETURN defaults || options;
 END $$;
 
--- The columns a query returns, without running it. The query's names resolve as in the worker's
--- session, which runs it later with the default search_path ("$user", public), not ml's.
+-- The columns a query returns, without running it. Not pinned to a search_path on purpose: the
+-- user's query resolves its names the way the caller's session does (every name here is qualified).
 CREATE OR REPLACE FUNCTION ml._query_columns(query text) RETURNS text[]
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, "$user", public AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    view_name text := 'pgsight_query_' || pg_backend_pid();
+    view_name text := 'pgsight_query_' || pg_catalog.pg_backend_pid();
     cols text[];
 BEGIN
-    IF query IS NULL OR btrim(query) = '' THEN
-        RAISE EXCEPTION 'pgsight: the training query is empty';
+    IF query IS NULL OR pg_catalog.btrim(query) = '' THEN
+        RAISE EXCEPTION 'pgsight: the query is empty';
     END IF;
     BEGIN
-        EXECUTE format('CREATE TEMP VIEW %I AS SELECT * FROM (%s) AS q', view_name, query);
+        EXECUTE pg_catalog.format('CREATE TEMP VIEW %I AS SELECT * FROM (%s) AS q', view_name, query);
     EXCEPTION WHEN OTHERS THEN
         RAISE EXCEPTION 'pgsight: the query does not run: %', SQLERRM USING HINT = 'query: ' || query;
     END;
-    SELECT array_agg(attname::text ORDER BY attnum) INTO cols FROM pg_attribute
-    WHERE attrelid = format('pg_temp.%I', view_name)::regclass AND attnum > 0;
-    EXECUTE format('DROP VIEW pg_temp.%I', view_name);
+    SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) INTO cols FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = pg_catalog.format('pg_temp.%I', view_name)::pg_catalog.regclass AND a.attnum > 0;
+    EXECUTE pg_catalog.format('DROP VIEW pg_temp.%I', view_name);
     RETURN cols;
 END $$;
 
@@ -74,8 +74,10 @@ BEGIN
     RETURN jid;
 END $$;
 
+-- Takes the caller's search_path (no SET clause): the query's names resolve as in the caller's
+-- session, here and in the worker (which runs it with the search_path recorded in the job).
 CREATE OR REPLACE FUNCTION ml.build_model(name text, kind text, query text, options jsonb DEFAULT '{}')
-RETURNS bigint LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     opts jsonb;
     cols text[];
@@ -84,12 +86,12 @@ BEGIN
     PERFORM ml._check_name('model', name);
     opts := ml._train_options(kind, coalesce(options, '{}'));
     IF EXISTS (SELECT 1 FROM ml.models m WHERE m.name = build_model.name) AND NOT (opts->>'overwrite')::boolean THEN
-        RAISE EXCEPTION 'pgsight: model % already exists', quote_literal(name)
+        RAISE EXCEPTION 'pgsight: model % already exists', pg_catalog.quote_literal(name)
             USING HINT = 'pass "overwrite": true in the options to train it again';
     END IF;
     IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.kind = 'train' AND j.model = build_model.name
                AND j.status IN ('queued', 'running')) THEN
-        RAISE EXCEPTION 'pgsight: model % is being trained already', quote_literal(name)
+        RAISE EXCEPTION 'pgsight: model % is being trained already', pg_catalog.quote_literal(name)
             USING HINT = 'see ml.jobs; ml.cancel(job_id) stops it';
     END IF;
     IF opts ? 'base' AND opts->>'base' IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ml.models m WHERE m.name = opts->>'base')
@@ -98,13 +100,15 @@ BEGIN
         RAISE EXCEPTION 'pgsight: base % is neither a registered model nor a hub id or directory', opts->>'base';
     END IF;
     cols := ml._query_columns(query);
-    FOR key IN SELECT k FROM jsonb_object_keys(opts) k WHERE k LIKE '%\_col' LOOP
+    FOR key IN SELECT k FROM pg_catalog.jsonb_object_keys(opts) k WHERE k LIKE '%\_col' LOOP
         IF opts->>key IS NOT NULL AND NOT (opts->>key) = ANY (cols) THEN
-            RAISE EXCEPTION 'pgsight: option % names column %, which the query does not return', key, quote_literal(opts->>key)
-                USING HINT = 'the query returns: ' || array_to_string(cols, ', ');
+            RAISE EXCEPTION 'pgsight: option % names column %, which the query does not return', key,
+                pg_catalog.quote_literal(opts->>key)
+                USING HINT = 'the query returns: ' || pg_catalog.array_to_string(cols, ', ');
         END IF;
     END LOOP;
-    RETURN ml._submit_job('train', name, jsonb_build_object('kind', kind, 'query', query, 'options', opts));
+    RETURN ml._submit_job('train', name, pg_catalog.jsonb_build_object('kind', kind, 'query', query, 'options', opts,
+                                                               'search_path', pg_catalog.current_setting('search_path')));
 END $$;
 
 -- Worker: a training job finished; its weights were written under ml.blobs 'job/<id>/model/'.
@@ -133,9 +137,16 @@ BEGIN
     RETURN v;
 END $$;
 
+CREATE OR REPLACE FUNCTION ml._job_result(jid bigint, OUT result jsonb, OUT error text)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+    SELECT r.result::jsonb, r.error
+    FROM dblink(ml._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s', jid))
+         AS r(result text, error text)
+$$;
+
 -- Run an evaluation job and wait for its result (the worker computes; the result is JSON).
 CREATE OR REPLACE FUNCTION ml._evaluate(what text, model_name text, query text, options jsonb) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE plpgsql VOLATILE AS $$  -- the caller's search_path, as ml.build_model
 DECLARE
     jid bigint;
     st text;
@@ -143,24 +154,24 @@ DECLARE
     err text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM ml.models m WHERE m.name = model_name) THEN
-        RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL');
+        RAISE EXCEPTION 'pgsight: no model named %', pg_catalog.quote_literal(model_name);
     END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', coalesce(options::text, 'NULL');
+    IF options IS NULL OR pg_catalog.jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', options::text;
     END IF;
     PERFORM ml._query_columns(query);
     -- The job is committed on its own (a worker must see it while we wait), whatever transaction the
     -- caller is in: statement_timestamp() cannot tell, it differs from transaction_timestamp() under
     -- the extended query protocol (every parameterised psycopg/SQLAlchemy call) even in autocommit.
-    jid := ml._autonomous(format(
+    jid := ml._autonomous(pg_catalog.format(
         'WITH j AS (INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id) '
         'SELECT j.id::text FROM j, LATERAL (SELECT pg_catalog.pg_notify(%L, %L)) n',
-        'evaluate', model_name, jsonb_build_object('what', what, 'query', query, 'options', options),
+        'evaluate', model_name, pg_catalog.jsonb_build_object('what', what, 'query', query, 'options', options,
+                                                              'search_path', pg_catalog.current_setting('search_path')),
         'ml_work', 'job'))::bigint;
     st := ml.wait(jid, coalesce(nullif(options->>'timeout', '')::interval, interval '1 hour'));
     SELECT r.result, r.error INTO res, err
-    FROM dblink(ml._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s', jid))
-         AS r(result jsonb, error text);
+    FROM ml._job_result(jid) r;
     IF st <> 'done' THEN
         RAISE EXCEPTION 'pgsight: evaluation job % %: %', jid, st, coalesce(err, '');
     END IF;
@@ -169,14 +180,14 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml.evaluate_retrieval(model text, query text, options jsonb DEFAULT '{}')
 RETURNS TABLE (direction text, k int, recall real)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE AS $$
     SELECT r->>'direction', (r->>'k')::int, (r->>'recall')::real
     FROM jsonb_array_elements(ml._evaluate('retrieval', model, query, options)->'rows') AS r
 $$;
 
 CREATE OR REPLACE FUNCTION ml.evaluate_vqa(model text, query text, options jsonb DEFAULT '{}')
 RETURNS TABLE (question text, n int, vqa_accuracy real, exact_match real)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE AS $$
     SELECT r->>'question', (r->>'n')::int, (r->>'vqa_accuracy')::real, (r->>'exact_match')::real
     FROM jsonb_array_elements(ml._evaluate('vqa', model, query, options)->'rows') AS r
 $$;

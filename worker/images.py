@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import urllib.parse
 import urllib.request
 import warnings
@@ -75,11 +76,23 @@ class ImageLoader:
     def _fetch(self, url: str) -> bytes:
         if not self.allow_urls:
             raise ImageError("URLs are not allowed: start the worker with --allow-urls")
+        deadline = time.monotonic() + self.url_timeout  # for the whole download, not each read
+        chunks, size = [], 0
         try:
             with urllib.request.urlopen(url, timeout=self.url_timeout) as resp:  # noqa: S310 (scheme checked)
-                data = resp.read(self.max_bytes + 1)
+                while size <= self.max_bytes:
+                    if time.monotonic() > deadline:
+                        raise ImageError(f"cannot fetch {url}: slower than {self.url_timeout}s")
+                    chunk = resp.read(min(1 << 16, self.max_bytes + 1 - size))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+        except ImageError:
+            raise
         except Exception as e:  # timeouts, DNS, HTTP errors: all per-row failures
             raise ImageError(f"cannot fetch {url}: {e}") from None
+        data = b"".join(chunks)
         if len(data) > self.max_bytes:
             raise ImageError(f"{url} is larger than the limit of {self.max_bytes} bytes")
         return data

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,11 @@ class WorkerConfig:
     device: str = "auto"
     batch_size: int = 256
     allow_urls: bool = False
+    url_timeout: float = 10.0
+    max_image_bytes: int = 50 * 1024 * 1024
     poll_interval: float = 1.0
     heartbeat_interval: float = 2.0
-    loader_threads: int = 4
+    loader_threads: int = 2   # per feeder; image decode is mostly GIL-bound for small images
     rpc: bool = True
     jobs: bool = True          # take training/evaluation jobs
     cache_dir: Path | None = None
@@ -59,7 +62,8 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.device = pick_device(config.device)
-        self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls)
+        self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls, url_timeout=config.url_timeout,
+                                  max_bytes=config.max_image_bytes)
         cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
         self.models = ModelCache(self.device, cache)
         self.rows = RowProcessor(self.models, self.loader, config.loader_threads)
@@ -67,7 +71,7 @@ class Worker:
         self.wake = threading.Event()
         self.id = 0
         self._conns: dict[str, psycopg.Connection] = {}
-        self._feeder = ThreadPoolExecutor(1, thread_name_prefix="pgsight-feed")
+        self._feeder = ThreadPoolExecutor(2, thread_name_prefix="pgsight-feed")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pgsight-write")
         self.rows_done = 0
         self.batches_done = 0
@@ -86,15 +90,22 @@ class Worker:
         log.info("worker %s on %s: device %s, roots %s", self.id, socket.gethostname(), self.device,
                  [str(r) for r in self.loader.roots])
         backoff = 0.5
+        lost = False
         try:
             while not self.stop.is_set():
                 try:
+                    if lost:  # the batches in flight died with the connection: hand their rows back
+                        released = self._conn("job").execute("SELECT ml.worker_release(%s)", (self.id,)).fetchone()[0]
+                        log.warning("reconnected; handed back %s rows claimed before the connection was lost", released)
+                        lost = False
+                        self.wake.set()
                     if not self._work_once():
                         self.wake.wait(self.config.poll_interval)
                         self.wake.clear()
                     backoff = 0.5
                 except psycopg.OperationalError as e:
                     log.warning("database connection lost (%s); retrying in %.1fs", e, backoff)
+                    lost = True
                     self._close_conns()
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 10)
@@ -149,7 +160,7 @@ class Worker:
                         if not conn.execute("SELECT ml.worker_heartbeat(%s)", (self.id,)).fetchone()[0]:
                             log.warning("worker %s was reaped (silent too long); registering again", self.id)
                             self._register()
-                        if time.monotonic() - last_reap > 5:
+                        if time.monotonic() - last_reap > self.config.heartbeat_interval * 2:
                             if conn.execute("SELECT ml.reap()").fetchone()[0]:
                                 self.wake.set()
                             last_reap = time.monotonic()
@@ -173,40 +184,59 @@ class Worker:
     def _work_once(self) -> bool:
         if self._drain_rows():
             return True
+        if self._build_indexes():
+            return True
         if self.config.jobs:
             return self._run_one_job()
         return False
 
+    def _claim(self, n: int) -> Batch | None:
+        """Feeder threads: claim a batch and load its images (each feeder has its own connection)."""
+        return self.rows.claim(self._conn(f"claim_{threading.current_thread().name}"), self.id, n)
+
     def _drain_rows(self) -> bool:
-        """Process queued rows until none are left: claim+load of batch k+1 and the write of batch
-        k-1 overlap the compute of batch k."""
+        """Process queued rows until none are left. Two feeders claim and load ahead while the main
+        thread computes and a writer thread writes the previous batch back."""
         n = self.config.batch_size
-        claim_conn, write_conn = self._conn("claim"), self._conn("write")
-        feeder, writer = self._feeder, self._writer
-        next_batch: Future[Batch | None] = feeder.submit(self.rows.claim, claim_conn, self.id, n)
+        write_conn = self._conn("write")
+        inflight: deque[Future[Batch | None]] = deque(self._feeder.submit(self._claim, n) for _ in range(2))
         pending_write: Future[int] | None = None
         any_work = False
+        more = True
         try:
-            while True:
-                batch = next_batch.result()
+            while inflight:
+                batch = inflight.popleft().result()
                 if batch is None:
-                    break
+                    more = False  # the queue is empty (for now): let the other feeder finish
+                    continue
                 any_work = True
-                if not self.stop.is_set():
-                    next_batch = feeder.submit(self.rows.claim, claim_conn, self.id, n)
+                if more and not self.stop.is_set():
+                    inflight.append(self._feeder.submit(self._claim, n))
                 self.rows.compute(batch)
                 if pending_write is not None:
                     self.rows_done += pending_write.result()
-                pending_write = writer.submit(self.rows.write, write_conn, self.id, batch)
+                pending_write = self._writer.submit(self.rows.write, write_conn, self.id, batch)
                 self.batches_done += 1
                 if self.stop.is_set():
-                    break
+                    break  # batches claimed ahead are handed back by worker_unregister
         finally:
             if pending_write is not None:
                 self.rows_done += pending_write.result()
-        if self.stop.is_set() and not next_batch.done():
-            next_batch.cancel()
         return any_work
+
+    def _build_indexes(self) -> bool:
+        """HNSW indexes deferred until a large backfill's last row (see ml._install_task)."""
+        conn = self._conn("job")
+        built = False
+        while not self.stop.is_set():
+            task = conn.execute("SELECT ml.build_pending_index(%s)", (self.id,)).fetchone()[0]
+            if task is None:
+                break
+            log.info("built the HNSW index of task %s", task)
+            built = True
+        if built:
+            conn.execute("SELECT ml.finish_jobs()")
+        return built
 
     def _run_one_job(self) -> bool:
         from pgsight.worker.training import run_job

@@ -72,7 +72,7 @@ class RpcServer:
                 for req in reqs:
                     replies.setdefault(req[0], (None, None, f"{op} failed: {e}"))
         ids = list(replies)
-        conn.execute("SELECT ml.rpc_reply(%s, %s::vector[], %s::jsonb[], %s)",
+        conn.execute("SELECT ml.rpc_reply(%s, %b::vector[], %s::jsonb[], %s)",
                      (ids, [replies[i][0] for i in ids], [replies[i][1] for i in ids], [replies[i][2] for i in ids]))
         self.served += len(ids)
 

@@ -72,6 +72,8 @@ class JobContext:
         with connect(self.worker.config.dsn, "pgsight_worker_query") as conn:
             conn.autocommit = False
             conn.read_only = True
+            if self.params.get("search_path"):  # the names resolve as they did for the caller
+                conn.execute("SELECT set_config('search_path', %s, true)", (self.params["search_path"],))
             with conn.cursor(name=f"pgsight_job_{self.job_id}", row_factory=dict_row) as cur:
                 cur.execute(sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(query or self.params["query"])))
                 yield from cur
