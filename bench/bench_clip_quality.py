@@ -52,7 +52,7 @@ def main() -> int:
         "text_to_image_bare_names": {"recall@1": bare["recall@1"], "precision@10": bare["precision@10"]},
         "evaluate_retrieval_test_group_label": recall,
         "goal": {"recall@1 >= 0.9": search["recall@1"] >= 0.9},
-        "cpus": os.cpu_count(),
+        "cpus": os.cpu_count(), "load_average": os.getloadavg(),
     }
     (OUT / "clip_quality.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     print(f"trained {trained['pairs']} pairs, {trained['steps']} steps in {trained['train_seconds']}s "
