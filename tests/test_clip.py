@@ -16,6 +16,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgsight.db.orm import embedding_column, engine, ml
 from pgsight.testing import running_worker
+from pgsight.worker.models.clip import batch_for_memory
+from pgsight.worker.models.clip_tokenizer import build_tokenizer, learn_merges, special_token_ids
 from pgsight.worker.models.retrieval import recall_rows
 from tiny_clip import build_tiny_clip
 
@@ -214,6 +216,13 @@ def test_train_from_scratch_then_finetune_and_evaluate(dsn, shapes, tiny_dir):
                                                    "group_col": "color"}))).fetchall()
         assert all(g[2] >= r[2] for g, r in zip(grouped, rows))  # more partners count: never lower
 
+        # a parameterised call inside a transaction block (as SQLAlchemy sessions make them) works too
+        with psycopg.connect(dsn) as tx:
+            again = tx.execute("SELECT direction, k, recall FROM ml.evaluate_retrieval(%s, %s, %s)",
+                               ("scratch", query, json.dumps({"image_col": "image_path", "text_col": "caption",
+                                                             "ks": [1, 5]}))).fetchall()
+        assert again == rows
+
         with pytest.raises(psycopg.errors.RaiseException, match="unknown option 'k'"):
             conn.execute("SELECT * FROM ml.evaluate_retrieval('scratch', %s, '{\"k\": 3}')", (query,))
 
@@ -242,3 +251,30 @@ def test_recall_protocol():
     assert rows[("text→image", 1)] == 0.5 and rows[("text→image", 2)] == 1.0
     grouped = {(r["direction"], r["k"]): r["recall"] for r in recall_rows(eye, texts, [1], groups=["a", "a", "b", None])}
     assert grouped == {("image→text", 1): 1.0, ("text→image", 1): 1.0}
+
+
+def test_tokenizer_built_from_texts_round_trips(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = ["a handwritten seven", "a handwritten three", "the digit seven"] * 5
+    tokenizer = build_tokenizer(texts, num_merges=40, max_length=8)
+    assert learn_merges(texts, 40) == learn_merges(texts, 40)  # deterministic
+    ids = tokenizer("a handwritten seven")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id and len(ids) == 5  # merged words
+    long = tokenizer(["zebra " * 20], truncation=True, max_length=8)["input_ids"][0]
+    assert len(long) == 8 and long[-1] == tokenizer.eos_token_id  # truncation keeps the end token
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again("a handwritten seven")["input_ids"] == ids and again.model_max_length == 8
+    assert special_token_ids(again)["vocab_size"] == len(tokenizer)
+
+
+def test_gpu_batch_size_follows_free_memory():
+    from transformers import CLIPVisionConfig
+
+    vit_b32 = CLIPVisionConfig()  # 224 px, patch 32, 768 wide
+    sizes = [batch_for_memory(gib << 30, vit_b32) for gib in (0, 1, 8, 70)]
+    assert sizes[0] == 32 and sizes == sorted(sizes) and sizes[-1] == 1024
+    assert all(s & (s - 1) == 0 for s in sizes)  # powers of two
+    vit_b16 = CLIPVisionConfig(patch_size=16)     # 4x the tokens: smaller batches in the same memory
+    assert batch_for_memory(1 << 30, vit_b16) < batch_for_memory(1 << 30, vit_b32)

@@ -34,23 +34,28 @@ def text_max_length(model, tokenizer) -> int:
     return int(min(declared, limit))
 
 
-def device_batch_size(model, device: str) -> int:
-    """Images per forward pass: 32 on the CPU; on CUDA as many as a quarter of the free memory
-    holds for the vision tower's activations (inference keeps one layer's worth alive), 32..1024."""
-    if not device.startswith("cuda"):
-        return 32
-    import torch
-
-    vc = model.config.vision_config
+def batch_for_memory(free_bytes: int, vision_config) -> int:
+    """Images per half-precision forward pass that a quarter of `free_bytes` holds: the vision
+    tower's activations (inference keeps about one layer's worth alive), a power of two, 32..1024."""
+    vc = vision_config
     tokens = (vc.image_size // vc.patch_size) ** 2 + 1
     per_image = 2 * tokens * (4 * vc.hidden_size + vc.intermediate_size) * 2  # fp16 activations, x2 slack
     per_image += 2 * vc.num_attention_heads * tokens * tokens * 2              # attention scores
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    fits = int(free // 4 // per_image)
+    fits = free_bytes // 4 // per_image
     size = 32
     while size * 2 <= min(fits, 1024):
         size *= 2
     return size
+
+
+def device_batch_size(model, device: str) -> int:
+    """Images per forward pass: 32 on the CPU; on CUDA sized to the free device memory."""
+    if not device.startswith("cuda"):
+        return 32
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return batch_for_memory(free, model.config.vision_config)
 
 
 class ClipAdapter(Adapter):
