@@ -15,6 +15,7 @@
                                                     [--skip-backfill] [--skip-hnsw]
 writes bench/out/clip_throughput.json and bench/out/clip_hnsw.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,7 @@ def plain_loop(model, processor, paths: list[Path], batch: int, stages: dict | N
     out, forward = [], 0.0
     with torch.inference_mode():
         for start in range(0, len(paths), batch):
-            images = [Image.open(p).convert("RGB") for p in paths[start:start + batch]]
+            images = [Image.open(p).convert("RGB") for p in paths[start : start + batch]]
             pixels = processor(images=images, return_tensors="pt")["pixel_values"]
             t1 = time.perf_counter()
             feats = model.get_image_features(pixel_values=pixels).pooler_output
@@ -85,11 +86,17 @@ def plain_loop(model, processor, paths: list[Path], batch: int, stages: dict | N
     seconds = time.perf_counter() - t0
     assert sum(len(o) for o in out) == len(paths)
     if stages is not None:
-        stages.update(total=round(seconds, 2), forward=round(forward, 2), load_and_preprocess=round(seconds - forward, 2))
+        stages.update(
+            total=round(seconds, 2),
+            forward=round(forward, 2),
+            load_and_preprocess=round(seconds - forward, 2),
+        )
     return len(paths) / seconds
 
 
-def db_backfill(conn: psycopg.Connection, names: list[str], run: int, worker=None, stages: dict | None = None) -> float:
+def db_backfill(
+    conn: psycopg.Connection, names: list[str], run: int, worker=None, stages: dict | None = None
+) -> float:
     """images/s of ml.create_embedding over a fresh table of the images (job queued → all written)."""
     before = dict(worker.rows.seconds) if worker is not None else {}
     table = f"photos_{run}"
@@ -98,15 +105,19 @@ def db_backfill(conn: psycopg.Connection, names: list[str], run: int, worker=Non
         for i, name in enumerate(names):
             cp.write_row((i, name))
     t0 = time.perf_counter()
-    job = conn.execute(f"SELECT ml.create_embedding('{table}', 'vitb32', 'image_path', 'clip_emb')").fetchone()[0]
+    job = conn.execute(
+        f"SELECT ml.create_embedding('{table}', 'vitb32', 'image_path', 'clip_emb')"
+    ).fetchone()[0]
     status = conn.execute("SELECT ml.wait(%s, '1 hour')", (job,)).fetchone()[0]
     seconds = time.perf_counter() - t0
     done, failed = conn.execute("SELECT done, failed FROM ml.jobs WHERE id = %s", (job,)).fetchone()
     assert status == "done" and done == len(names) and failed == 0, (status, done, failed)
     assert conn.execute(f"SELECT count(clip_emb) FROM {table}").fetchone()[0] == len(names)
     if stages is not None and worker is not None:  # worker thread-seconds per stage (they overlap)
-        stages.update(total=round(seconds, 2),
-                      **{k: round(v - before.get(k, 0.0), 2) for k, v in worker.rows.seconds.items()})
+        stages.update(
+            total=round(seconds, 2),
+            **{k: round(v - before.get(k, 0.0), 2) for k, v in worker.rows.seconds.items()},
+        )
     return len(names) / seconds
 
 
@@ -123,9 +134,12 @@ def bench_backfill(n_images: int, batch: int, repeats: int) -> dict:
     processor = CLIPProcessor.from_pretrained(str(model_dir))
     plain_loop(model, processor, paths[:batch], batch)  # warm-up
     plain, db, stages = [], [], []
-    with TestServer() as server, server.database() as dsn, \
-            running_worker(dsn, [work / "images"], batch_size=batch, device="cpu", poll_interval=0.05) as worker, \
-            psycopg.connect(dsn, autocommit=True) as conn:
+    with (
+        TestServer() as server,
+        server.database() as dsn,
+        running_worker(dsn, [work / "images"], batch_size=batch, device="cpu", poll_interval=0.05) as worker,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
         conn.execute("SELECT ml.load_model('vitb32', 'clip', %s)", (str(model_dir),))
         db_backfill(conn, names[:batch], run=0)  # warm-up: the worker loads the model by name
         for run in range(1, repeats + 1):
@@ -133,23 +147,36 @@ def bench_backfill(n_images: int, batch: int, repeats: int) -> dict:
             plain.append(plain_loop(model, processor, paths, batch, p_stages))
             db.append(db_backfill(conn, names, run, worker, d_stages))
             stages.append({"plain_seconds": p_stages, "db_seconds": d_stages})
-            print(f"  run {run}: plain {plain[-1]:.1f} images/s {p_stages}, database {db[-1]:.1f} images/s {d_stages}",
-                  flush=True)
+            print(
+                f"  run {run}: plain {plain[-1]:.1f} images/s {p_stages}, "
+                f"database {db[-1]:.1f} images/s {d_stages}",
+                flush=True,
+            )
         adapter_batch = worker.models.get(conn, "vitb32").batch_size
-    return {"images": n_images, "image_size": "500x375 JPEG", "batch": batch, "adapter_batch": adapter_batch,
-            "device": "cpu", "torch_threads": torch.get_num_threads(), "model": "CLIP ViT-B/32 config, random weights",
-            "plain_images_per_s": [round(x, 2) for x in plain], "db_images_per_s": [round(x, 2) for x in db],
-            "best_plain": round(max(plain), 2), "best_db": round(max(db), 2),
-            "ratio_best": round(max(db) / max(plain), 3),
-            "ratio_per_run": [round(d / p, 3) for d, p in zip(db, plain)], "stages": stages,
-            "goal_ratio_0.9": max(db) / max(plain) >= 0.9}
+    return {
+        "images": n_images,
+        "image_size": "500x375 JPEG",
+        "batch": batch,
+        "adapter_batch": adapter_batch,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "model": "CLIP ViT-B/32 config, random weights",
+        "plain_images_per_s": [round(x, 2) for x in plain],
+        "db_images_per_s": [round(x, 2) for x in db],
+        "best_plain": round(max(plain), 2),
+        "best_db": round(max(db), 2),
+        "ratio_best": round(max(db) / max(plain), 3),
+        "ratio_per_run": [round(d / p, 3) for d, p in zip(db, plain)],
+        "stages": stages,
+        "goal_ratio_0.9": max(db) / max(plain) >= 0.9,
+    }
 
 
 # -- 2. HNSW against exact search -----------------------------------------------------------------
 DATA = {
     "iid": "i.i.d. standard normal in all 512 dimensions, queries too",
     "lowrank": "random vectors of intrinsic dimension 32 (N(0, I_32) mapped by a random 512x32 matrix) "
-               "plus isotropic noise at 10 % of the signal, queries drawn the same way",
+    "plus isotropic noise at 10 % of the signal, queries drawn the same way",
 }
 
 
@@ -159,8 +186,10 @@ def make_vectors(kind: str, n: int, dim: int, queries: int) -> tuple[np.ndarray,
     whose intrinsic dimension is far below their width."""
     rng = np.random.default_rng(0)
     if kind == "iid":
-        return (rng.standard_normal((n, dim), dtype=np.float32),
-                rng.standard_normal((queries, dim), dtype=np.float32))
+        return (
+            rng.standard_normal((n, dim), dtype=np.float32),
+            rng.standard_normal((queries, dim), dtype=np.float32),
+        )
     basis = rng.standard_normal((32, dim), dtype=np.float32)
 
     def draw(m: int) -> np.ndarray:
@@ -185,7 +214,9 @@ def bench_hnsw(kind: str, n: int, dim: int, queries: int, ef_values: list[int]) 
         load_s = time.perf_counter() - t0
         conn.execute("SET maintenance_work_mem = '2GB'")  # the graph fits: no slow on-disk build phase
         t0 = time.perf_counter()
-        conn.execute("CREATE INDEX vecs_emb_hnsw ON vecs USING hnsw (emb vector_cosine_ops)")  # as ml.create_embedding
+        conn.execute(
+            "CREATE INDEX vecs_emb_hnsw ON vecs USING hnsw (emb vector_cosine_ops)"
+        )  # as ml.create_embedding
         build_s = time.perf_counter() - t0
         conn.execute("VACUUM ANALYZE vecs")
         stmt = "SELECT id FROM vecs ORDER BY emb <=> %s LIMIT 10"
@@ -217,19 +248,40 @@ def bench_hnsw(kind: str, n: int, dim: int, queries: int, ef_values: list[int]) 
             conn.execute(f"SET hnsw.ef_search = {int(ef)}")
             run(qs[:10])  # warm the index pages
             qps, got = run(qs)
-            sweep.append({"ef_search": ef, "recall@10": round(recall(got, queries), 4), "qps": round(qps, 1),
-                          "speedup_vs_exact": round(qps / exact_qps, 1)})
-            print(f"  ef_search {ef}: recall@10 {sweep[-1]['recall@10']:.3f}, {qps:.0f} QPS "
-                  f"({qps / exact_qps:.1f}x exact)", flush=True)
+            sweep.append(
+                {
+                    "ef_search": ef,
+                    "recall@10": round(recall(got, queries), 4),
+                    "qps": round(qps, 1),
+                    "speedup_vs_exact": round(qps / exact_qps, 1),
+                }
+            )
+            print(
+                f"  ef_search {ef}: recall@10 {sweep[-1]['recall@10']:.3f}, {qps:.0f} QPS "
+                f"({qps / exact_qps:.1f}x exact)",
+                flush=True,
+            )
         index_plan = explain(stmt)
         assert "vecs_emb_hnsw" in index_plan and "vecs_emb_hnsw" not in plan, (index_plan, plan)
         size = conn.execute("SELECT pg_size_pretty(pg_relation_size('vecs_emb_hnsw'))").fetchone()[0]
     ok = [s for s in sweep if s["recall@10"] >= 0.95 and s["speedup_vs_exact"] >= 10]
-    return {"vectors": n, "dim": dim, "queries": queries, "data": DATA[kind],
-            "index": "hnsw (emb vector_cosine_ops), m = 16, ef_construction = 64 (pgvector defaults, as pgsight creates it)",
-            "load_seconds": round(load_s, 1), "build_seconds": round(build_s, 1), "index_size": size,
-            "exact_qps": round(exact_qps, 2), "exact_plan": plan, "index_plan": index_plan, "sweep": sweep,
-            "chosen_ef_search": ok[0]["ef_search"] if ok else None, "goal_met": bool(ok)}
+    return {
+        "vectors": n,
+        "dim": dim,
+        "queries": queries,
+        "data": DATA[kind],
+        "index": "hnsw (emb vector_cosine_ops), m = 16, ef_construction = 64 "
+        "(pgvector defaults, as pgsight creates it)",
+        "load_seconds": round(load_s, 1),
+        "build_seconds": round(build_s, 1),
+        "index_size": size,
+        "exact_qps": round(exact_qps, 2),
+        "exact_plan": plan,
+        "index_plan": index_plan,
+        "sweep": sweep,
+        "chosen_ef_search": ok[0]["ef_search"] if ok else None,
+        "goal_met": bool(ok),
+    }
 
 
 def main() -> int:
@@ -251,16 +303,22 @@ def main() -> int:
         print(f"backfill: {args.images} images, batch {args.batch}, CLIP ViT-B/32 on the CPU")
         res = {**bench_backfill(args.images, args.batch, args.repeats), **info}
         (OUT / "clip_throughput.json").write_text(json.dumps(res, indent=2) + "\n")
-        print(f"backfill: database {res['best_db']} images/s vs plain loop {res['best_plain']} images/s "
-              f"→ ratio {res['ratio_best']} (goal ≥ 0.9)")
+        print(
+            f"backfill: database {res['best_db']} images/s vs plain loop {res['best_plain']} images/s "
+            f"→ ratio {res['ratio_best']} (goal ≥ 0.9)"
+        )
         ok &= res["goal_ratio_0.9"]
     if not args.skip_hnsw:
         results = {}
         for kind in args.data.split(","):
             print(f"hnsw: {args.vectors} random 512-d vectors, {DATA[kind]}")
-            res = results[kind] = bench_hnsw(kind, args.vectors, 512, args.queries, [int(x) for x in args.ef.split(",")])
-            print(f"hnsw ({kind}): build {res['build_seconds']}s; exact scan {res['exact_qps']} QPS; "
-                  f"chosen SET hnsw.ef_search = {res['chosen_ef_search']} (goal recall ≥ 0.95 at ≥ 10x exact)")
+            res = results[kind] = bench_hnsw(
+                kind, args.vectors, 512, args.queries, [int(x) for x in args.ef.split(",")]
+            )
+            print(
+                f"hnsw ({kind}): build {res['build_seconds']}s; exact scan {res['exact_qps']} QPS; "
+                f"chosen SET hnsw.ef_search = {res['chosen_ef_search']} (goal recall ≥ 0.95 at ≥ 10x exact)"
+            )
         (OUT / "clip_hnsw.json").write_text(json.dumps({**results, **info}, indent=2) + "\n")
         ok &= all(r["goal_met"] for r in results.values())
     return 0 if ok else 1

@@ -20,6 +20,7 @@ plain SQL. Any other function of the `ml` schema is reachable as `ml.<name>(...)
 `job = session.scalar(select(ml.create_embedding("photos", "clip", "image_path", "clip_emb")))`, then
 `session.commit()` so that a worker sees the job, then `session.scalar(select(ml.wait(job)))`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -66,7 +67,8 @@ ml = MLFunctions()
 
 def embedding_column(dim: int | None = None, **kwargs: Any) -> MappedColumn[Any]:
     """A mapped pgvector column for a result column of ml.create_embedding (NULL until the worker
-    has written it; values load as pgvector gives them: lists of floats in pgvector 0.5). `dim` is the model's dim (ml.models.dim)."""
+    has written it; values load as pgvector gives them: lists of floats in pgvector 0.5).
+    `dim` is the model's dim (ml.models.dim)."""
     kwargs.setdefault("nullable", True)
     return mapped_column(VECTOR(dim), **kwargs)
 
@@ -76,6 +78,11 @@ def engine(dsn: str, **kwargs: Any) -> Engine:
     if dsn.startswith(("postgresql+", "postgres+")):
         return create_engine(dsn, **kwargs)
     params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
-    url = URL.create("postgresql+psycopg", username=params.pop("user", None), password=params.pop("password", None),
-                     database=params.pop("dbname", None), query=params)
+    url = URL.create(
+        "postgresql+psycopg",
+        username=params.pop("user", None),
+        password=params.pop("password", None),
+        database=params.pop("dbname", None),
+        query=params,
+    )
     return create_engine(url, **kwargs)

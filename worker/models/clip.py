@@ -5,6 +5,7 @@ processor; never runs remote code. Embeddings are the projected features, L2-nor
 On CUDA the model runs in half precision and batches are sized to the free device memory; on the
 CPU in float32. Training (`ml.build_model`) is in clip_train, Recall@K evaluation in retrieval.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,7 +21,9 @@ def load_parts(source: str) -> tuple[Any, Any, Any]:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     if not source:
-        raise ValueError("a clip model needs a source: a hub id (owner/name) or a directory with a CLIP checkpoint")
+        raise ValueError(
+            "a clip model needs a source: a hub id (owner/name) or a directory with a CLIP checkpoint"
+        )
     model = CLIPModel.from_pretrained(source)  # a concrete class: never remote code
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
@@ -40,7 +43,7 @@ def batch_for_memory(free_bytes: int, vision_config) -> int:
     vc = vision_config
     tokens = (vc.image_size // vc.patch_size) ** 2 + 1
     per_image = 2 * tokens * (4 * vc.hidden_size + vc.intermediate_size) * 2  # fp16 activations, x2 slack
-    per_image += 2 * vc.num_attention_heads * tokens * tokens * 2              # attention scores
+    per_image += 2 * vc.num_attention_heads * tokens * tokens * 2  # attention scores
     fits = free_bytes // 4 // per_image
     size = 32
     while size * 2 <= min(fits, 1024):
@@ -80,17 +83,27 @@ class ClipAdapter(Adapter):
 
     def describe(self) -> dict[str, Any]:
         vc = self.model.config.vision_config
-        return {"dim": self.dim, "info": {"image_size": vc.image_size, "patch_size": vc.patch_size,
-                                          "max_length": self.max_length, "vocab_size": len(self.tokenizer)}}
+        return {
+            "dim": self.dim,
+            "info": {
+                "image_size": vc.image_size,
+                "patch_size": vc.patch_size,
+                "max_length": self.max_length,
+                "vocab_size": len(self.tokenizer),
+            },
+        }
 
     # -- stages --------------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The checkpoint's own image processing (resize, crop, normalise): a (3, H, W) float32 array."""
-        return self.image_processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return self.image_processor(images=image, return_tensors="np")["pixel_values"][0]
 
     def tokenize(self, texts: list[str]) -> dict[str, Any]:
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
 
     def embed_images(self, items: list[np.ndarray]) -> np.ndarray:
         import torch
@@ -100,7 +113,7 @@ class ClipAdapter(Adapter):
         out = []
         with torch.inference_mode():
             for start in range(0, len(items), self.batch_size):
-                pixels = torch.from_numpy(np.stack(items[start:start + self.batch_size]))
+                pixels = torch.from_numpy(np.stack(items[start : start + self.batch_size]))
                 pixels = pixels.to(self.device, self.dtype, non_blocking=True)
                 out.append(self._normalize(self.model.get_image_features(pixel_values=pixels).pooler_output))
         return np.concatenate(out)
@@ -113,8 +126,13 @@ class ClipAdapter(Adapter):
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), max(self.batch_size, 256)):
-                enc = {k: v.to(self.device) for k, v in self.tokenize(texts[start:start + max(self.batch_size, 256)]).items()}
-                feats = self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+                enc = {
+                    k: v.to(self.device)
+                    for k, v in self.tokenize(texts[start : start + max(self.batch_size, 256)]).items()
+                }
+                feats = self.model.get_text_features(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                )
                 out.append(self._normalize(feats.pooler_output))
         return np.concatenate(out)
 

@@ -7,6 +7,7 @@ are learned here with plain byte-pair encoding over the words of the texts, afte
 own normalisation (NFC, lower case) and pre-tokenisation, so `save_pretrained` writes ordinary
 vocab.json / merges.txt files that `AutoTokenizer.from_pretrained` reads back.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,7 +19,11 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible table from bytes to printable unicode characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     n = 0
     for b in range(256):
@@ -88,11 +93,14 @@ def build_tokenizer(texts: Iterable[str], num_merges: int = 1000, max_length: in
     from transformers import CLIPTokenizer
 
     merges = learn_merges(texts, num_merges)
-    return CLIPTokenizer(vocab=clip_vocab(merges), merges=list(merges),
-                         model_max_length=max_length)
+    return CLIPTokenizer(vocab=clip_vocab(merges), merges=list(merges), model_max_length=max_length)
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
     """The ids a CLIPTextConfig needs from its tokenizer (the text model pools at the first eos)."""
-    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "vocab_size": len(tokenizer),
+    }

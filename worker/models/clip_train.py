@@ -13,6 +13,7 @@ captions that repeat — class names, templates — are not pushed apart as fals
 unique captions this is exactly CLIP's loss. AdamW (no decay on biases, norms, logit_scale), 10 %
 linear warm-up, cosine decay, gradient norm clipped at 1; bf16 autocast on CUDA.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ import numpy as np
 from pgsight.worker.models.clip import load_parts
 from pgsight.worker.models.pairs import Pairs, load_images, read_pairs
 
-CACHE_BYTES = 1 << 30        # keep preprocessed images in memory up to this much, else re-load per batch
+CACHE_BYTES = 1 << 30  # keep preprocessed images in memory up to this much, else re-load per batch
 SCRATCH_ONLY = ("config", "tokenizer", "image_size")
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -52,20 +53,28 @@ def scratch_model(options: dict[str, Any], tokenizer):
 
     config = options.get("config")
     if not isinstance(config, dict):
-        raise ValueError('training from scratch ("base": null) needs a "config" option: CLIPConfig keyword '
-                         'arguments, e.g. {"projection_dim": 64, "text_config": {...}, "vision_config": {...}}')
+        raise ValueError(
+            'training from scratch ("base": null) needs a "config" option: CLIPConfig keyword '
+            'arguments, e.g. {"projection_dim": 64, "text_config": {...}, "vision_config": {...}}'
+        )
     config = dict(config)
     text = dict(config.pop("text_config", None) or {})
     vision = dict(config.pop("vision_config", None) or {})
     image_size = options.get("image_size")
     if image_size is not None:
         if vision.get("image_size", image_size) != image_size:
-            raise ValueError(f"option image_size {image_size} contradicts config.vision_config.image_size "
-                             f"{vision['image_size']}")
+            raise ValueError(
+                f"option image_size {image_size} contradicts config.vision_config.image_size "
+                f"{vision['image_size']}"
+            )
         vision["image_size"] = image_size
     text.setdefault("max_position_embeddings", min(77, int(getattr(tokenizer, "model_max_length", 77) or 77)))
-    text.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    text.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     try:
         return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, **config))
     except (TypeError, ValueError) as e:
@@ -84,23 +93,31 @@ def model_to_train(ctx, pairs: Pairs):
     if base:
         given = [k for k in SCRATCH_ONLY if options.get(k) is not None]
         if given:
-            raise ValueError(f"option {', '.join(given)} applies only when training from scratch (\"base\": null); "
-                             f"a base model brings its own")
+            raise ValueError(
+                f'option {", ".join(given)} applies only when training from scratch ("base": null); '
+                f"a base model brings its own"
+            )
         model, tokenizer, processor = load_parts(_source_of(ctx, str(base), "base"))
         return model, tokenizer, processor, {"base": base}
     config = options.get("config")
     text_config = (config.get("text_config") or {}) if isinstance(config, dict) else {}
     max_length = int(text_config.get("max_position_embeddings", 77))
     if options.get("tokenizer"):
-        tokenizer = AutoTokenizer.from_pretrained(_source_of(ctx, str(options["tokenizer"]), "tokenizer"),
-                                                  trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(
+            _source_of(ctx, str(options["tokenizer"]), "tokenizer"), trust_remote_code=False
+        )
         tokenizer.model_max_length = min(int(tokenizer.model_max_length), max_length)
     else:
         tokenizer = build_tokenizer(pairs.texts, num_merges=1000, max_length=max_length)
     model = scratch_model(options, tokenizer)
     size = model.config.vision_config.image_size
     processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return model, tokenizer, processor, {"base": None, "tokenizer": options.get("tokenizer") or "built from the training texts"}
+    return (
+        model,
+        tokenizer,
+        processor,
+        {"base": None, "tokenizer": options.get("tokenizer") or "built from the training texts"},
+    )
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -114,7 +131,7 @@ class PixelSource:
         kept, arrays, cached_bytes = [], [], 0
         step = 512
         for start in range(0, len(pairs), step):
-            got, errors = load_images(ctx, pairs.refs[start:start + step], self.preprocess)
+            got, errors = load_images(ctx, pairs.refs[start : start + step], self.preprocess)
             for e in errors:
                 pairs.skip(e)
             for i, a in enumerate(got):
@@ -150,8 +167,10 @@ def clip_loss(model, pixels, input_ids, attention_mask, same_text):
     import torch.nn.functional as F
 
     image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output.float(), dim=-1)
-    text = F.normalize(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output.float(),
-                       dim=-1)
+    text = F.normalize(
+        model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output.float(),
+        dim=-1,
+    )
     logits = model.logit_scale.exp().float() * image @ text.T
     targets = same_text.float() / same_text.sum(dim=1, keepdim=True)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
@@ -162,8 +181,9 @@ def _optimizer(model, lr: float, weight_decay: float):
 
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
 
 
 def lr_factor(step: int, total: int) -> float:
@@ -175,7 +195,7 @@ def lr_factor(step: int, total: int) -> float:
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     order = rng.permutation(n)
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:  # one pair alone has no negatives
         batches[-2] = np.concatenate([batches[-2], batches.pop()])
     return batches
@@ -195,8 +215,10 @@ def train_clip(ctx) -> dict[str, Any]:
     pixels = PixelSource(ctx, pairs, processor)
     n = len(pairs)
     if n < 2:
-        raise ValueError(f"need at least 2 (image, text) pairs to train, got {n} ({pairs.skipped} rows skipped: "
-                         f"{'; '.join(pairs.errors) or 'none'})")
+        raise ValueError(
+            f"need at least 2 (image, text) pairs to train, got {n} ({pairs.skipped} rows skipped: "
+            f"{'; '.join(pairs.errors) or 'none'})"
+        )
 
     device = ctx.device
     model.to(device).train()
@@ -207,7 +229,11 @@ def train_clip(ctx) -> dict[str, Any]:
     total = epochs * len(_batches(n, batch_size, np.random.default_rng(0)))
     optimizer = _optimizer(model, float(options["learning_rate"]), float(options["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.startswith("cuda")
+        else torch.autocast("cpu", enabled=False)
+    )
 
     step, seen, compute_s, epoch_losses = 0, 0, 0.0, []
     for epoch in range(epochs):
@@ -217,12 +243,22 @@ def train_clip(ctx) -> dict[str, Any]:
             if len(idx) < 2:
                 continue
             t0 = time.perf_counter()
-            enc = tokenizer([pairs.texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
+            enc = tokenizer(
+                [pairs.texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
             codes = torch.from_numpy(text_code[idx])
             with autocast:
-                loss = clip_loss(model, torch.from_numpy(batch_pixels).to(device), enc["input_ids"].to(device),
-                                 enc["attention_mask"].to(device), (codes[:, None] == codes[None, :]).to(device))
+                loss = clip_loss(
+                    model,
+                    torch.from_numpy(batch_pixels).to(device),
+                    enc["input_ids"].to(device),
+                    enc["attention_mask"].to(device),
+                    (codes[:, None] == codes[None, :]).to(device),
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -234,20 +270,40 @@ def train_clip(ctx) -> dict[str, Any]:
             losses.append(loss.item())
             step += 1
             seen += len(idx)
-            ctx.progress(done=step, total=total, epoch=epoch + 1, loss=round(losses[-1], 4),
-                         images_per_s=round(seen / compute_s, 1))
+            ctx.progress(
+                done=step,
+                total=total,
+                epoch=epoch + 1,
+                loss=round(losses[-1], 4),
+                images_per_s=round(seen / compute_s, 1),
+            )
         epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
-        ctx.progress(done=step, total=total, force=True, epoch=epoch + 1, loss=round(epoch_losses[-1], 4),
-                     images_per_s=round(seen / max(compute_s, 1e-9), 1))
+        ctx.progress(
+            done=step,
+            total=total,
+            force=True,
+            epoch=epoch + 1,
+            loss=round(epoch_losses[-1], 4),
+            images_per_s=round(seen / max(compute_s, 1e-9), 1),
+        )
 
     out = ctx.workdir / "model"
     model.to("cpu").eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
-    info = {**origin, "pairs": n, "skipped": pairs.skipped, "errors": pairs.errors, "epochs": epochs, "steps": step,
-            "train_loss": round(epoch_losses[-1], 4), "epoch_losses": [round(x, 4) for x in epoch_losses],
-            "logit_scale": round(model.logit_scale.exp().item(), 3),
-            "images_per_s": round(seen / max(compute_s, 1e-9), 1), "train_seconds": round(time.monotonic() - started, 2)}
+    info = {
+        **origin,
+        "pairs": n,
+        "skipped": pairs.skipped,
+        "errors": pairs.errors,
+        "epochs": epochs,
+        "steps": step,
+        "train_loss": round(epoch_losses[-1], 4),
+        "epoch_losses": [round(x, 4) for x in epoch_losses],
+        "logit_scale": round(model.logit_scale.exp().item(), 3),
+        "images_per_s": round(seen / max(compute_s, 1e-9), 1),
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
     version = ctx.save_model(out, int(model.config.projection_dim), info)
     return {**info, "version": version}

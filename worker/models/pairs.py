@@ -4,6 +4,7 @@ Rows whose image is NULL, whose text is NULL or blank, or whose image cannot be 
 preprocessed are skipped and counted (the first few reasons are kept for the job's result); they
 never fail the job.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -49,8 +50,10 @@ def read_pairs(ctx, image_col: str, text_col: str, group_col: str | None = None)
         if n == 0:
             missing = [c for c in (image_col, text_col, group_col) if c and c not in row]
             if missing:
-                raise ValueError(f"the query returns no column {', '.join(map(repr, missing))} "
-                                 f"(it returns: {', '.join(row)})")
+                raise ValueError(
+                    f"the query returns no column {', '.join(map(repr, missing))} "
+                    f"(it returns: {', '.join(row)})"
+                )
         image, text = row[image_col], row[text_col]
         if image is None:
             pairs.skip(f"row {n}: {image_col} is NULL")
@@ -64,8 +67,9 @@ def read_pairs(ctx, image_col: str, text_col: str, group_col: str | None = None)
     return pairs
 
 
-def load_images(ctx, refs: list[Any], preprocess: Callable[[Any], np.ndarray],
-                threads: int | None = None) -> tuple[list[np.ndarray | None], list[str]]:
+def load_images(
+    ctx, refs: list[Any], preprocess: Callable[[Any], np.ndarray], threads: int | None = None
+) -> tuple[list[np.ndarray | None], list[str]]:
     """Load and preprocess images in parallel: arrays (None where it failed) and the failures."""
     threads = threads or max(1, ctx.worker.config.loader_threads)
 

@@ -6,6 +6,7 @@ are ranked by cosine similarity; the image counts as retrieved at K when its own
 all images. Ties count for the query: the rank is the number of candidates scoring strictly higher
 than the best partner, so identical duplicate texts or images never push each other out.
 """
+
 from __future__ import annotations
 
 from collections.abc import Hashable
@@ -35,14 +36,18 @@ def partner_ranks(queries: np.ndarray, candidates: np.ndarray, groups: np.ndarra
     return ranks
 
 
-def recall_rows(images: np.ndarray, texts: np.ndarray, ks: list[int], groups: list[Any] | None = None) -> list[dict]:
+def recall_rows(
+    images: np.ndarray, texts: np.ndarray, ks: list[int], groups: list[Any] | None = None
+) -> list[dict]:
     """Rows {direction, k, recall} for image→text and text→image."""
     codes = None
     if groups is not None:
         seen: dict[Any, int] = {}
         # a NULL group matches nothing but its own row
         keys = [g if g is None or isinstance(g, Hashable) else repr(g) for g in groups]
-        codes = np.array([seen.setdefault(g, len(seen)) if g is not None else -1 - i for i, g in enumerate(keys)])
+        codes = np.array(
+            [seen.setdefault(g, len(seen)) if g is not None else -1 - i for i, g in enumerate(keys)]
+        )
     rows = []
     for direction, q, c in (("image→text", images, texts), ("text→image", texts, images)):
         ranks = partner_ranks(q, c, codes)
@@ -53,10 +58,16 @@ def recall_rows(images: np.ndarray, texts: np.ndarray, ks: list[int], groups: li
 def _check_options(options: dict[str, Any]) -> list[int]:
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
-        raise ValueError(f"unknown option {', '.join(map(repr, unknown))} for ml.evaluate_retrieval "
-                         f"(options: {', '.join(sorted(OPTIONS))})")
+        raise ValueError(
+            f"unknown option {', '.join(map(repr, unknown))} for ml.evaluate_retrieval "
+            f"(options: {', '.join(sorted(OPTIONS))})"
+        )
     ks = options.get("ks", [1, 5, 10])
-    if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+    if (
+        not isinstance(ks, list)
+        or not ks
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks)
+    ):
         raise ValueError(f"option ks must be a non-empty list of positive integers, got {ks!r}")
     return sorted(set(ks))
 
@@ -67,13 +78,14 @@ def evaluate_retrieval(ctx) -> dict[str, Any]:
     options = ctx.options
     ks = _check_options(options)
     adapter = ctx.model(ctx.job["model"])
-    pairs = read_pairs(ctx, options.get("image_col", "image_path"), options.get("text_col", "text"),
-                       options.get("group_col"))
+    pairs = read_pairs(
+        ctx, options.get("image_col", "image_path"), options.get("text_col", "text"), options.get("group_col")
+    )
     total = len(pairs)
     vectors, kept = [], []
     step = max(adapter.batch_size, 256)
     for start in range(0, total, step):
-        arrays, errors = load_images(ctx, pairs.refs[start:start + step], adapter.preprocess)
+        arrays, errors = load_images(ctx, pairs.refs[start : start + step], adapter.preprocess)
         for e in errors:
             pairs.skip(e)
         ok = [i for i, a in enumerate(arrays) if a is not None]
@@ -83,8 +95,12 @@ def evaluate_retrieval(ctx) -> dict[str, Any]:
         ctx.progress(done=min(start + step, total), total=total, stage="images")
     pairs.keep(kept)
     if len(pairs) < 2:
-        raise ValueError(f"need at least 2 pairs to evaluate, got {len(pairs)} ({pairs.skipped} rows skipped)")
+        raise ValueError(
+            f"need at least 2 pairs to evaluate, got {len(pairs)} ({pairs.skipped} rows skipped)"
+        )
     images = np.concatenate(vectors)
-    texts = np.concatenate([adapter.embed_texts(pairs.texts[s:s + step]) for s in range(0, len(pairs), step)])
+    texts = np.concatenate(
+        [adapter.embed_texts(pairs.texts[s : s + step]) for s in range(0, len(pairs), step)]
+    )
     rows = recall_rows(images, texts, ks, pairs.groups)
     return {"rows": rows, "pairs": len(pairs), "skipped": pairs.skipped, "errors": pairs.errors}
