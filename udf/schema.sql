@@ -16,9 +16,19 @@ INSERT INTO ml.settings (key, value) VALUES
     ('lease',          '10 minutes'),   -- a claimed batch is handed to another worker after this
     ('worker_timeout', '15 seconds'),   -- a worker without heartbeat for this long is dead
     ('max_attempts',   '5'),            -- transient failures of a row before it is dead-lettered
-    ('loopback',       ''),             -- libpq connection string back to this database ('' = derive)
     ('index',          'auto'),         -- HNSW index of embedding columns: auto | now | off
     ('index_defer_rows', '1000');       -- auto: backfills this large build the index once, at the end
+
+-- Where the loopback connection (autonomous commits, query-time calls) logs in. Empty: as the
+-- calling role, over the server's first unix socket. Otherwise a libpq key=value string without
+-- dbname, e.g. 'host=/var/run/postgresql user=pgsight_loopback password=...', and the role it logs
+-- in as. No privileges are granted on this table: it may hold a password.
+CREATE TABLE ml.loopback (
+    id       boolean PRIMARY KEY DEFAULT true CHECK (id),
+    conninfo text NOT NULL DEFAULT '',
+    role     text
+);
+INSERT INTO ml.loopback DEFAULT VALUES;
 
 -- The kinds of model the workers know. Training options are validated against `train_options`
 -- (keys and default values) before a job is queued.

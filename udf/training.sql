@@ -100,6 +100,8 @@ BEGIN
         RAISE EXCEPTION 'pgsight: base % is neither a registered model nor a hub id or directory', opts->>'base';
     END IF;
     cols := ml._query_columns(query);
+    -- the worker runs the query with its own role: check now that the caller may read all of it
+    EXECUTE 'SELECT FROM (' || query || ') AS q LIMIT 0';
     FOR key IN SELECT k FROM pg_catalog.jsonb_object_keys(opts) k WHERE k LIKE '%\_col' LOOP
         IF opts->>key IS NOT NULL AND NOT (opts->>key) = ANY (cols) THEN
             RAISE EXCEPTION 'pgsight: option % names column %, which the query does not return', key,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import platformdirs
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgsight.worker.connection import connect
@@ -242,9 +243,9 @@ class Worker:
         from pgsight.worker.training import run_job
 
         conn = self._conn("job")
-        job = conn.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
+        with conn.cursor(row_factory=dict_row) as cur:
+            job = cur.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
         if job is None:
             return False
-        cols = [c.name for c in conn.execute("SELECT * FROM ml.jobs LIMIT 0").description]
-        run_job(self, conn, dict(zip(cols, job)))
+        run_job(self, conn, job)
         return True
