@@ -10,8 +10,10 @@ test split with group_col = label (Recall@1/5/10 both directions). Goal: Recall@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ OUT = Path(__file__).resolve().parent / "out"
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     images = Path(tempfile.mkdtemp(prefix="pgsight-bench-digits-"))
+    atexit.register(shutil.rmtree, images, True)
     rows = datasets.write_digits(images)
     with TestServer() as server, server.database() as dsn, running_worker(dsn, [images]):
         with psycopg.connect(dsn, autocommit=True) as conn:

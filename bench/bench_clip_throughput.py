@@ -19,9 +19,11 @@ writes bench/out/clip_throughput.json and bench/out/clip_hnsw.json
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -126,6 +128,7 @@ def bench_backfill(n_images: int, batch: int, repeats: int) -> dict:
     from transformers import CLIPModel, CLIPProcessor
 
     work = Path(tempfile.mkdtemp(prefix="pgsight-bench-clip-"))
+    atexit.register(shutil.rmtree, work, True)  # ~600 MB of weights
     (work / "images").mkdir()
     names = write_jpegs(work / "images", n_images)
     paths = [work / "images" / n for n in names]
