@@ -16,6 +16,7 @@ INSERT INTO ml.settings (key, value) VALUES
     ('lease',          '10 minutes'),   -- a claimed batch is handed to another worker after this
     ('worker_timeout', '15 seconds'),   -- a worker without heartbeat for this long is dead
     ('max_attempts',   '5'),            -- transient failures of a row before it is dead-lettered
+    ('autonomous',     'on'),           -- create_embedding/build_model commit on their own when they can
     ('index',          'auto'),         -- HNSW index of embedding columns: auto | now | off
     ('index_defer_rows', '1000');       -- auto: backfills this large build the index once, at the end
 

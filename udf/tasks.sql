@@ -257,15 +257,14 @@ BEGIN
 END $$;
 
 -- Autonomous when possible: the task commits on its own, so `SELECT ml.wait(ml.create_embedding(...))`
--- works in one statement. Inside a transaction block, or when this transaction already touched the
--- table, it runs in the caller's transaction (then wait after COMMIT).
+-- works in one statement. When the caller's transaction has written something or touched the table
+-- (or SET pgsight.autonomous = off), it runs in the caller's transaction (then wait after COMMIT).
 CREATE OR REPLACE FUNCTION ml._create_task(task_kind text, tbl regclass, model_name text, source_col text,
                                            result_col text, modality text, question text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
     PERFORM ml._check_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
-    IF statement_timestamp() = transaction_timestamp() AND NOT ml._locked_by_me(tbl)
-            AND ml._loopback_is(current_user::text) THEN
+    IF ml._may_commit_alone() AND NOT ml._locked_by_me(tbl) AND ml._loopback_is(current_user::text) THEN
         RETURN ml._autonomous(format('SELECT ml._install_task(%L, %s::oid::regclass, %L, %L, %L, %L, %L, %L)',
             task_kind, tbl::oid, model_name, source_col, result_col, modality, question, ml.setting('index')))::bigint;
     END IF;

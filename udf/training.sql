@@ -57,14 +57,13 @@ BEGIN
     RETURN cols;
 END $$;
 
--- Insert a job so that it commits on its own (ml.wait works in the same statement) unless the caller
--- is inside a transaction block.
-CREATE OR REPLACE FUNCTION ml._submit_job(kind text, model text, params jsonb) RETURNS bigint
+-- Insert a job; with `alone` it commits on its own (ml.wait works in the same statement).
+CREATE OR REPLACE FUNCTION ml._submit_job(kind text, model text, params jsonb, alone boolean) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     jid bigint;
 BEGIN
-    IF statement_timestamp() = transaction_timestamp() THEN
+    IF alone THEN
         jid := ml._autonomous(format('INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id',
                                      kind, model, params))::bigint;
     ELSE
@@ -79,6 +78,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ml.build_model(name text, kind text, query text, options jsonb DEFAULT '{}')
 RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+    alone boolean := ml._may_commit_alone();  -- decided before _query_columns writes a temp view
     opts jsonb;
     cols text[];
     key text;
@@ -110,7 +110,8 @@ BEGIN
         END IF;
     END LOOP;
     RETURN ml._submit_job('train', name, pg_catalog.jsonb_build_object('kind', kind, 'query', query, 'options', opts,
-                                                               'search_path', pg_catalog.current_setting('search_path')));
+                                                               'search_path', pg_catalog.current_setting('search_path')),
+                          alone);
 END $$;
 
 -- Worker: a training job finished; its weights were written under ml.blobs 'job/<id>/model/'.
@@ -162,6 +163,7 @@ BEGIN
         RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', options::text;
     END IF;
     PERFORM ml._query_columns(query);
+    EXECUTE 'SELECT FROM (' || query || ') AS q LIMIT 0';  -- the caller may read all of it
     -- The job is committed on its own (a worker must see it while we wait), whatever transaction the
     -- caller is in: statement_timestamp() cannot tell, it differs from transaction_timestamp() under
     -- the extended query protocol (every parameterised psycopg/SQLAlchemy call) even in autocommit.

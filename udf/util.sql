@@ -71,6 +71,15 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
     SELECT coalesce(nullif(role, ''), who) = who FROM ml.loopback
 $$;
 
+-- May work commit on its own, apart from the caller's transaction? Yes unless the caller's transaction
+-- has written something already (an xid is assigned: a table or model it created would be invisible
+-- to the loopback session), or the session says `SET pgsight.autonomous = off` (Alembic migrations
+-- do, to keep everything in their transaction). Called before the function itself writes anything.
+CREATE OR REPLACE FUNCTION ml._may_commit_alone() RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    SELECT pg_current_xact_id_if_assigned() IS NULL AND ml.setting('autonomous') <> 'off'
+$$;
+
 -- Run one statement in its own transaction (committed when it returns) and give back its
 -- single text result.
 CREATE OR REPLACE FUNCTION ml._autonomous(stmt text) RETURNS text

@@ -27,7 +27,9 @@ class ModelCache:
         self._lock = threading.RLock()
 
     def from_source(self, kind: str, source: str | None, options: dict[str, Any]) -> Adapter:
-        key = (kind, source or "", json.dumps(options, sort_keys=True))
+        # `_info` (what ml.models recorded) never changes which weights load: not part of the key, so
+        # ml.load_model's describe and the first backfill share one loaded copy
+        key = (kind, source or "", json.dumps({k: v for k, v in options.items() if k != "_info"}, sort_keys=True))
         with self._lock:
             if key not in self._by_source:
                 try:
