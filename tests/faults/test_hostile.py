@@ -157,3 +157,26 @@ def test_hostile_identifiers_and_texts(dsn):
         with pytest.raises(psycopg.DataError):  # PostgreSQL text cannot hold NUL: refused by the driver/server
             conn.execute("SELECT ml.embed_image('px', %s)", ("a\x00b",))
         assert conn.execute("SELECT count(*) FROM ml.models").fetchone()[0] == 1
+
+
+def test_hostile_texts_through_a_text_model(dsn, tmp_path):
+    """Quotes, emoji, 100 kB and SQL-looking texts embed (truncated to the model's context); NUL is
+    refused before it reaches the server (PostgreSQL text cannot hold it)."""
+    from tiny_clip import build_tiny_clip
+
+    model_dir = build_tiny_clip(tmp_path / "clip")
+    texts = ["it's a \"dog\"", "'); DROP TABLE notes; --", "😀🐶 🚀", "x" * 100_000, "", "\\x00 \\\\ $$ $1"]
+    with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [tmp_path]):
+        conn.execute("SELECT ml.load_model('clip', 'clip', %s)", (str(model_dir),))
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO notes VALUES (%s, %s)", list(enumerate(texts)))
+        job = conn.execute("SELECT ml.create_embedding('notes', 'clip', 'body', 'emb', 'text')").fetchone()[0]
+        assert conn.execute("SELECT ml.wait(%s)", (job,)).fetchone()[0] == "done"
+        assert conn.execute("SELECT count(*) FROM notes WHERE emb IS NOT NULL").fetchone()[0] == len(texts)
+        for text in texts:
+            dims = conn.execute("SELECT vector_dims(ml.embed_text('clip', %s))", (text,)).fetchone()[0]
+            assert dims == 24
+        with pytest.raises(psycopg.DataError):
+            conn.execute("SELECT ml.embed_text('clip', %s)", ("a\x00b",))
+        assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == len(texts)
