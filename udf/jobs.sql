@@ -96,3 +96,16 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
         finished_at = now(), lease_until = NULL
     WHERE j.id = job_id AND j.claimed_by = worker AND j.status = 'running'
 $$;
+
+-- Worker: per-row problems of a training/evaluation job (an unreadable image ...) into ml.errors;
+-- ml.jobs.failed counts them. Idempotent per row key, so a resumed job does not count a row twice.
+CREATE OR REPLACE FUNCTION ml.job_errors(job_id bigint, keys text[], column_name text, errors text[]) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    INSERT INTO ml.errors (job_id, model, row_key, column_name, error)
+    SELECT job_errors.job_id, (SELECT j.model FROM ml.jobs j WHERE j.id = job_errors.job_id), e.key,
+           job_errors.column_name, e.error
+    FROM unnest(keys, errors) AS e(key, error)
+    WHERE NOT EXISTS (SELECT 1 FROM ml.errors x WHERE x.job_id = job_errors.job_id AND x.row_key = e.key);
+    UPDATE ml.jobs j SET failed = (SELECT count(*) FROM ml.errors x WHERE x.job_id = job_errors.job_id)
+    WHERE j.id = job_errors.job_id;
+$$;

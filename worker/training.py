@@ -95,6 +95,13 @@ class JobContext:
                 errors.append(f"row {i}: {e}")
         return images, ok, errors
 
+    def record_errors(self, errors: list[tuple[str, str]], column: str | None = None) -> None:
+        """Per-row problems of this job (an unreadable training image ...): (row key, message) pairs
+        into ml.errors; ml.jobs.failed counts them. Recording a row twice (a resumed job) is a no-op."""
+        if errors:
+            self.conn.execute("SELECT ml.job_errors(%s, %s, %s, %s)",
+                              (self.job_id, [k for k, _ in errors], column, [e for _, e in errors]))
+
     def model(self, name: str):
         """A registered model's adapter (for a `base` or `init` option)."""
         return self.worker.models.get(self.conn, name)
