@@ -66,6 +66,7 @@ CREATE TABLE ml.tasks (
     key_col     text NOT NULL,
     key_type    text NOT NULL,
     index_name  text,
+    model_version int,                -- the model version the column is computed with (set by each backfill)
     created_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (table_name, result_col)
 );

@@ -45,6 +45,9 @@ BEGIN
     IF query IS NULL OR btrim(query) = '' THEN
         RAISE EXCEPTION 'pgsight: the training query is empty';
     END IF;
+    -- Resolve the query's names as a worker's fresh session will (the session default, e.g. "$user",
+    -- public), not with this function's pinned path; the SET clause restores the path on exit.
+    PERFORM set_config('search_path', (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
     BEGIN
         EXECUTE format('CREATE TEMP VIEW %I AS SELECT * FROM (%s) AS q', view_name, query);
     EXCEPTION WHEN OTHERS THEN
@@ -134,7 +137,7 @@ END $$;
 
 -- Run an evaluation job and wait for its result (the worker computes; the result is JSON).
 CREATE OR REPLACE FUNCTION ml._evaluate(what text, model_name text, query text, options jsonb) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
     jid bigint;
     st text;
