@@ -67,6 +67,25 @@ def text_length(tokenizer, config) -> int:
     return limit
 
 
+def dense_image_embeds(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ViltEmbeddings.visual_embed computes when every pixel is valid (our fixed-size images), as
+    a few batched tensor ops instead of its per-row Python loops (position embeddings interpolated per
+    row, random patch order): (image embeddings with [CLS] and positions, all-ones patch mask). The
+    transformer does not depend on the order of the patches, so the outputs are the same."""
+    emb = model.vilt.embeddings
+    cfg = model.config
+    x = emb.patch_embeddings(pixel_values)  # (B, C, h, w)
+    b, c, h, w = x.shape
+    grid = cfg.image_size // cfg.patch_size
+    spatial = emb.position_embeddings[:, 1:, :].transpose(1, 2).reshape(1, c, grid, grid)
+    if (h, w) != (grid, grid):
+        spatial = torch.nn.functional.interpolate(spatial, size=(h, w), mode="bilinear", align_corners=True)
+    x = x.flatten(2).transpose(1, 2) + spatial.flatten(2).transpose(1, 2)
+    cls = (emb.cls_token + emb.position_embeddings[:, :1, :]).expand(b, -1, -1)
+    x = emb.dropout(torch.cat([cls, x], dim=1))
+    return x, torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+
+
 class ViltAdapter(Adapter):
     kind = "vilt"
     batch_size = 64  # forward passes are chunked to this many pairs
@@ -128,10 +147,8 @@ class ViltAdapter(Adapter):
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def logits(self, items: list[torch.Tensor], questions: list[str]) -> torch.Tensor:
-        pixel_values = self.pixels(items)
-        mask = torch.ones((len(items), self.side, self.side), dtype=torch.long, device=self.device)
-        out = self.model(**self.encode(questions), pixel_values=pixel_values, pixel_mask=mask)
-        return out.logits
+        image_embeds, mask = dense_image_embeds(self.model, self.pixels(items))
+        return self.model(**self.encode(questions), image_embeds=image_embeds, pixel_mask=mask).logits
 
     def answer(self, items: list[torch.Tensor], questions: list[str], k: int) -> list[list[tuple[str, float]]]:
         if len(items) != len(questions):

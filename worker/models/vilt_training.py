@@ -21,6 +21,7 @@ whose answers cannot be parsed are skipped and counted.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -30,13 +31,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from pgsight.worker.models.vilt import fixed_size, load_processor, text_length
+from pgsight.worker.models.vilt import dense_image_embeds, fixed_size, load_processor, text_length
 from pgsight.worker.models.vqa import AnswerError, parse_answers
 
 log = logging.getLogger("pgsight.worker.vilt")
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CACHE_BYTES = 2 << 30  # decoded training images kept in memory up to this size, else re-read each epoch
+SMALL_MODEL = 10_000_000  # parameters: below this, CPU training uses one intra-op thread
 
 
 def build_wordpiece(questions: list[str], vocab_size: int, max_length: int):
@@ -161,6 +163,64 @@ class Images:
         return list(self.pool.map(self._load, ids))
 
 
+def fit(ctx, model, images: Images, image_ids: list[int], enc, targets: torch.Tensor, image_processor,
+        opts: dict[str, Any]) -> tuple[dict[str, Any], list[float], int]:
+    """The training loop: AdamW, linear warm-up then decay, multi-label BCE on soft targets (the model's
+    own loss). Returns (last epoch's numbers, loss per epoch, steps)."""
+    device = ctx.device
+    n_rows = len(image_ids)
+    bs, epochs = int(opts.get("batch_size") or 4), int(opts.get("max_epochs") or 1)
+    steps_per_epoch = (n_rows + bs - 1) // bs
+    total = steps_per_epoch * epochs
+    warmup = int(float(opts.get("warmup_ratio") or 0.0) * total)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(opts.get("learning_rate") or 5e-5),
+                                  weight_decay=float(opts.get("weight_decay") or 0.0))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    scale = float(image_processor.rescale_factor) if image_processor.do_rescale else 1.0
+    mean = torch.tensor(image_processor.image_mean if image_processor.do_normalize else [0.0] * 3,
+                        device=device).view(1, 3, 1, 1)
+    std = torch.tensor(image_processor.image_std if image_processor.do_normalize else [1.0] * 3,
+                       device=device).view(1, 3, 1, 1)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else None
+    gen = torch.Generator().manual_seed(int(opts.get("seed") or 0))
+    step, loss_ema, last, history = 0, None, {}, []
+    for epoch in range(epochs):
+        order = torch.randperm(n_rows, generator=gen).tolist()
+        hits = seen = 0.0
+        epoch_loss = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * bs:(b + 1) * bs]
+            pix = torch.stack(images.get([image_ids[i] for i in idx])).to(device).float()
+            pix = (pix * scale - mean) / std
+            batch = {k: v[idx].to(device) for k, v in enc.items()}
+            y = targets[idx].to(device)
+            with amp if amp is not None else contextlib.nullcontext():
+                image_embeds, mask = dense_image_embeds(model, pix)
+                out = model(**batch, image_embeds=image_embeds, pixel_mask=mask, labels=y)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            loss = float(out.loss.detach())
+            epoch_loss += loss * len(idx)
+            loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+            with torch.no_grad():
+                pred = out.logits.detach().argmax(-1)
+                hits += float(y.gather(1, pred[:, None]).sum())
+                seen += len(idx)
+            ctx.progress(done=step, total=total, epoch=epoch + 1, epochs=epochs, loss=round(loss_ema, 5),
+                         lr=schedule.get_last_lr()[0])
+        last = {"epoch": epoch + 1, "loss": round(epoch_loss / n_rows, 5),
+                "train_vqa_accuracy": round(hits / seen, 4)}
+        history.append(last["loss"])
+        ctx.progress(done=step, total=total, force=True, **last)
+
+    return last, history, step
+
+
 def train(ctx) -> dict[str, Any]:
     opts = ctx.options
     seed = int(opts.get("seed") or 0)
@@ -193,7 +253,7 @@ def train(ctx) -> dict[str, Any]:
 
     device = ctx.device
     model.to(device).train()
-    enc = tokenizer([q for _, q, _ in rows], padding="max_length", truncation=True, max_length=max_tokens,
+    enc = tokenizer([q for _, q, _ in rows], padding="longest", truncation=True, max_length=max_tokens,
                     return_tensors="pt")
     targets = torch.zeros((len(rows), len(labels)), dtype=torch.float32)
     label2id = {a: i for i, a in enumerate(labels)}
@@ -202,57 +262,13 @@ def train(ctx) -> dict[str, Any]:
             targets[n, label2id[a]] = w
     image_ids = [ref_index[r[0]] for r in rows]
 
-    bs, epochs = int(opts.get("batch_size") or 4), int(opts.get("max_epochs") or 1)
-    steps_per_epoch = (len(rows) + bs - 1) // bs
-    total = steps_per_epoch * epochs
-    warmup = int(float(opts.get("warmup_ratio") or 0.0) * total)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(opts.get("learning_rate") or 5e-5),
-                                  weight_decay=float(opts.get("weight_decay") or 0.0))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-    scale = float(image_processor.rescale_factor) if image_processor.do_rescale else 1.0
-    mean = torch.tensor(image_processor.image_mean if image_processor.do_normalize else [0.0] * 3,
-                        device=device).view(1, 3, 1, 1)
-    std = torch.tensor(image_processor.image_std if image_processor.do_normalize else [1.0] * 3,
-                       device=device).view(1, 3, 1, 1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else None
-    gen = torch.Generator().manual_seed(seed)
-    step, loss_ema, last, history = 0, None, {}, []
-    for epoch in range(epochs):
-        order = torch.randperm(len(rows), generator=gen).tolist()
-        hits = seen = 0.0
-        epoch_loss = 0.0
-        for b in range(steps_per_epoch):
-            idx = order[b * bs:(b + 1) * bs]
-            pix = torch.stack(images.get([image_ids[i] for i in idx])).to(device).float()
-            pix = (pix * scale - mean) / std
-            batch = {k: v[idx].to(device) for k, v in enc.items()}
-            y = targets[idx].to(device)
-            mask = torch.ones((len(idx), side, side), dtype=torch.long, device=device)
-            if amp is not None:
-                with amp:
-                    out = model(**batch, pixel_values=pix, pixel_mask=mask, labels=y)
-            else:
-                out = model(**batch, pixel_values=pix, pixel_mask=mask, labels=y)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            loss = float(out.loss.detach())
-            epoch_loss += loss * len(idx)
-            loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
-            with torch.no_grad():
-                pred = out.logits.detach().argmax(-1)
-                hits += float(y.gather(1, pred[:, None]).sum())
-                seen += len(idx)
-            ctx.progress(done=step, total=total, epoch=epoch + 1, epochs=epochs, loss=round(loss_ema, 5),
-                         lr=schedule.get_last_lr()[0])
-        last = {"epoch": epoch + 1, "loss": round(epoch_loss / len(rows), 5),
-                "train_vqa_accuracy": round(hits / seen, 4)}
-        history.append(last["loss"])
-        ctx.progress(done=step, total=total, force=True, **last)
+    threads = torch.get_num_threads()
+    if not str(device).startswith("cuda") and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
+        torch.set_num_threads(1)  # tiny matmuls: one thread beats two (no per-op sync, no spinning when busy)
+    try:
+        last, history, step = fit(ctx, model, images, image_ids, enc, targets, image_processor, opts)
+    finally:
+        torch.set_num_threads(threads)
 
     model.eval()
     out_dir = ctx.workdir / "model"
