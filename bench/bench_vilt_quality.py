@@ -23,7 +23,14 @@ import psycopg
 import torch
 
 from pgsight import datasets
-from pgsight.demos.vilt import CONFIG, QUESTIONS, load_vqa_table, train_and_evaluate, training_options, vqa_rows
+from pgsight.demos.vilt import (
+    CONFIG,
+    QUESTIONS,
+    load_vqa_table,
+    train_and_evaluate,
+    training_options,
+    vqa_rows,
+)
 from pgsight.testing import TestServer, running_worker
 
 GOAL = 0.85

@@ -268,3 +268,28 @@ def test_answer_formats_and_scores():
                     {"question": "b", "n": 1, "vqa_accuracy": 0.0, "exact_match": 0.0},
                     {"question": None, "n": 3, "vqa_accuracy": 0.5, "exact_match": 0.333333}]
 
+
+
+def test_slow_answer_times_out_cleanly_and_the_next_call_works(dsn, photos, tiny_dir):
+    """The caller sleeps on the request's advisory lock while the worker computes (udf/rpc.sql): a worker
+    slower than pgsight.rpc_timeout still gives a clear timeout at the deadline, and the late reply
+    (and its lock release) leaves the next call working."""
+    import time
+
+    with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [photos]) as worker:
+        register(conn, tiny_dir)
+        adapter = worker.models.get(conn, "tv")
+        fast = adapter.answer
+        adapter.answer = lambda items, questions, k: (time.sleep(2.0), fast(items, questions, k))[1]
+        conn.execute("SET pgsight.rpc_timeout = '0.5s'")
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled, match="no worker answered answer for model tv within"):
+            conn.execute("SELECT ml.answer('tv', 'img1.png', %s)", (QUESTION,))
+        assert 0.4 < time.monotonic() - t0 < 1.9  # at the deadline, not when the worker finally answers
+        adapter.answer = fast
+        conn.execute("SET pgsight.rpc_timeout = '20s'")  # the worker first finishes the slow request
+        assert conn.execute("SELECT ml.answer('tv', 'img1.png', %s)", (QUESTION,)).fetchone()[0] in tiny_vilt.ANSWERS
+        assert conn.execute("SELECT count(*) FROM ml.rpc").fetchone()[0] == 0
+        held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885827699"
+                            ).fetchone()[0]
+        assert held == 0
