@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,23 @@ from pgsight.worker.models import Adapter
 from PIL import Image
 
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+SMALL_MODEL = 10_000_000  # parameters: below this, jobs on the CPU use one intra-op thread
+
+
+@contextmanager
+def one_thread_if_small(model, device: str) -> Iterator[None]:
+    """For training and evaluation jobs (run one at a time on the worker's main thread): a small model's
+    matmuls are too small to split, and two OpenMP threads on a busy 2-core machine made a tiny model
+    5-20x slower than one. Large models and GPUs are left alone."""
+    if str(device).startswith("cuda") or sum(p.numel() for p in model.parameters()) >= SMALL_MODEL:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_processor(source: str):
@@ -181,4 +200,6 @@ def evaluate(ctx) -> dict[str, Any]:
     """ml.evaluate_vqa: see pgsight.worker.models.vqa."""
     from pgsight.worker.models.vqa import evaluate as run
 
-    return run(ctx)
+    adapter = ctx.model(ctx.job["model"])
+    with one_thread_if_small(adapter.model, adapter.device):
+        return run(ctx, adapter)

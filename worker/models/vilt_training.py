@@ -31,14 +31,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from pgsight.worker.models.vilt import dense_image_embeds, fixed_size, load_processor, text_length
+from pgsight.worker.models.vilt import (
+    dense_image_embeds,
+    fixed_size,
+    load_processor,
+    one_thread_if_small,
+    text_length,
+)
 from pgsight.worker.models.vqa import AnswerError, parse_answers
 
 log = logging.getLogger("pgsight.worker.vilt")
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CACHE_BYTES = 2 << 30  # decoded training images kept in memory up to this size, else re-read each epoch
-SMALL_MODEL = 10_000_000  # parameters: below this, CPU training uses one intra-op thread
 
 
 def build_wordpiece(questions: list[str], vocab_size: int, max_length: int):
@@ -262,13 +267,8 @@ def train(ctx) -> dict[str, Any]:
             targets[n, label2id[a]] = w
     image_ids = [ref_index[r[0]] for r in rows]
 
-    threads = torch.get_num_threads()
-    if not str(device).startswith("cuda") and sum(p.numel() for p in model.parameters()) < SMALL_MODEL:
-        torch.set_num_threads(1)  # tiny matmuls: one thread beats two (no per-op sync, no spinning when busy)
-    try:
+    with one_thread_if_small(model, device):
         last, history, step = fit(ctx, model, images, image_ids, enc, targets, image_processor, opts)
-    finally:
-        torch.set_num_threads(threads)
 
     model.eval()
     out_dir = ctx.workdir / "model"

@@ -108,7 +108,7 @@ def summarize(questions: Iterable[str], vqa: Iterable[float], em: Iterable[float
     return rows
 
 
-def evaluate(ctx) -> dict[str, Any]:
+def evaluate(ctx, adapter=None) -> dict[str, Any]:
     """ml.evaluate_vqa: answer every (image, question) row of the query with the model and score it
     against the row's answers. Options: image_col, question_col, answers_col (defaults those the model
     was trained with, else image_path/question/answers), batch_size (default 64). Rows whose image
@@ -121,7 +121,7 @@ def evaluate(ctx) -> dict[str, Any]:
     batch = int(ctx.options.get("batch_size") or 64)
     if batch < 1:
         raise ValueError(f"option batch_size must be positive, got {batch}")
-    adapter = ctx.model(model_name)
+    adapter = adapter or ctx.model(model_name)
 
     questions: list[str] = []
     scores: list[float] = []
