@@ -20,8 +20,10 @@ def tokenizer(max_length: int = 16):
 
 
 def build(directory: Path, answers: list[str] | None = None, seed: int = 0, image_size: int = 32,
-          hidden: int = 32) -> Path:
-    """Write a random-weight tiny ViltForQuestionAnswering (+ processor files) to `directory`."""
+          hidden: int = 32, vqa: bool = True) -> Path:
+    """Write a random-weight tiny ViltForQuestionAnswering (+ processor files) to `directory`; with
+    vqa=False its config keeps transformers' default labels (LABEL_0, LABEL_1), like a pre-training
+    checkpoint."""
     import torch
     from transformers import ViltConfig, ViltForQuestionAnswering
     from transformers.models.vilt.image_processing_pil_vilt import ViltImageProcessorPil
@@ -31,8 +33,8 @@ def build(directory: Path, answers: list[str] | None = None, seed: int = 0, imag
     torch.manual_seed(seed)
     cfg = ViltConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * hidden,
                      image_size=image_size, patch_size=8, max_position_embeddings=16, vocab_size=len(tok),
-                     num_labels=len(answers), id2label=dict(enumerate(answers)),
-                     label2id={a: i for i, a in enumerate(answers)})
+                     **({"num_labels": len(answers), "id2label": dict(enumerate(answers)),
+                         "label2id": {a: i for i, a in enumerate(answers)}} if vqa else {}))
     model = ViltForQuestionAnswering(cfg).eval()
     with torch.no_grad():  # a wider spread of logits than the default init: no near-ties in parity tests
         model.classifier[-1].weight.normal_(0, 1.0)
