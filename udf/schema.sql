@@ -80,6 +80,7 @@ CREATE TABLE ml.tasks (
     key_type    text NOT NULL,
     index_name  text,
     index_state text NOT NULL DEFAULT 'none' CHECK (index_state IN ('none', 'pending', 'ready')),
+    model_version int,                -- the model version the column is computed with (set by each backfill)
     created_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (table_name, result_col)
 );

@@ -205,12 +205,15 @@ CREATE OR REPLACE FUNCTION ml._backfill(tid int) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    v int := (SELECT version FROM ml.models WHERE name = t.model);
     jid bigint;
     n bigint;
 BEGIN
+    -- the task records which model version its results come from; a re-registered model backfills again
+    UPDATE ml.tasks SET model_version = v WHERE id = tid;
     INSERT INTO ml.jobs (kind, model, table_name, task_id, params)
     VALUES ('backfill', t.model, t.table_name::text, t.id,
-            jsonb_build_object('column', t.result_col, 'source_col', t.source_col))
+            jsonb_build_object('column', t.result_col, 'source_col', t.source_col, 'model_version', v))
     RETURNING id INTO jid;
     EXECUTE format('INSERT INTO ml.queue (task_id, key, job_id) SELECT %s, %I::text, %s FROM %s WHERE %I IS NOT NULL',
                    tid, t.key_col, jid, t.table_name, t.source_col);
