@@ -21,7 +21,7 @@ from pgsight.testing import running_worker
 console = Console()
 
 #: sections after the pixels baseline, each a module in pgsight.demos with run(dsn, out, console) -> dict
-SECTIONS: list[str] = ["simclr", "clip"]
+SECTIONS: list[str] = ["simclr", "clip", "vilt"]
 
 
 def precision_at_k(conn: psycopg.Connection, table: str, column: str, model: str, k: int = 10,
