@@ -6,11 +6,11 @@ import time
 import numpy as np
 import psycopg
 import pytest
-from conftest import write_png
-from pgsight.worker.models.pixels import pixel_vector
 from PIL import Image
 
+from conftest import write_png
 from pgsight.testing import running_worker
+from pgsight.worker.models.pixels import pixel_vector
 
 
 def wait_for(predicate, timeout=20.0, interval=0.05):
