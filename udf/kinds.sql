@@ -19,6 +19,8 @@ INSERT INTO ml.model_kinds (kind, modalities, outputs, metric, train_options, de
    "answers_col": "answers", "batch_size": 4, "max_epochs": 20, "learning_rate": 5e-5,
    "weight_decay": 0.0, "seed": 0, "overwrite": false, "tokenizer": null, "image_size": null,
    "warmup_ratio": 0.0}',
- 'ViLT visual question answering (ViltForQuestionAnswering): answers from the checkpoint''s labels')
+ 'ViLT visual question answering (ViltForQuestionAnswering): answers from the checkpoint''s labels'),
+('blip2', '{image,text}', 'answer', 'cosine', NULL,
+ 'BLIP-2 generative visual question answering (Blip2ForConditionalGeneration), prompt "Question: {} Answer:"')
 ON CONFLICT (kind) DO UPDATE SET modalities = EXCLUDED.modalities, outputs = EXCLUDED.outputs,
     metric = EXCLUDED.metric, train_options = EXCLUDED.train_options, description = EXCLUDED.description;

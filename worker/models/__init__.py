@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 #: kind -> module under pgsight.worker.models
-KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt"}
+KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt", "blip2": "blip2"}
 
 
 class Adapter:
