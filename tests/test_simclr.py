@@ -195,15 +195,15 @@ class LocalHost:
 def tiny_fit(tmp_path, name, options, host_kw=None):
     import torch
 
-    from pgsight.worker.models import simclr_train as st
+    from pgsight.worker.models import simclr_fit, simclr_train
 
-    o = st.parse_options({**TINY, **options})
+    o = simclr_fit.parse_options({**TINY, **options})
     images = np.random.default_rng(0).integers(0, 255, (24, 3, 16, 16), dtype=np.uint8)
-    encoder, head, meta = st.new_model(o)
+    encoder, head, meta = simclr_train.new_model(o)
     host = LocalHost(tmp_path / name, **(host_kw or {}))
     host.workdir.mkdir()
     try:
-        result = st.fit(host, images, o, encoder, head, {**meta, "image_size": 16})
+        result = simclr_fit.fit(host, images, o, encoder, head, {**meta, "image_size": 16}, checkpoint_share=None)
     except KeyboardInterrupt:
         result = None
     return result, host, torch.cat([p.detach().flatten() for p in encoder.parameters()])
@@ -239,3 +239,28 @@ def test_pretrained_from_a_transformers_resnet_directory(dsn, digits, tmp_path):
         assert conn.execute("SELECT dim FROM ml.models WHERE name = 'from_dir'").fetchone()[0] == 12
         hit = conn.execute("SELECT ml.embed_image('from_dir', 'd/5.png')::text").fetchone()[0]
         assert abs(np.linalg.norm(vec(hit)) - 1) < 1e-4
+
+
+def test_checkpoints_keep_to_their_share_of_the_time(tmp_path):
+    import time as _time
+
+    from pgsight.worker.models.simclr_fit import Checkpoints
+
+    class SlowHost(LocalHost):
+        def save_checkpoint(self, directory):
+            _time.sleep(0.2)
+            super().save_checkpoint(directory)
+
+    host = SlowHost(tmp_path)
+    ck = Checkpoints(host, share=0.5)
+    try:
+        assert ck.due()
+        ck.save({"w": np.zeros(3)})
+        assert not ck.due()           # still writing
+        ck.wait()
+        assert not ck.due()           # wrote for 0.2 s: the next one is due 0.4 s after it began
+        _time.sleep(ck.cost / 0.5)
+        assert ck.due()
+    finally:
+        ck.close()
+    assert len(host.saved) == 1

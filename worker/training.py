@@ -135,7 +135,10 @@ class JobContext:
 
     # -- files --------------------------------------------------------------------------------
     def save_checkpoint(self, directory: Path) -> None:
-        store.save_dir(self.conn, f"job/{self.job_id}/checkpoint/", directory)
+        """Store `directory` as the job's checkpoint (replacing the last one). On a connection of its
+        own, so that a training loop can write it from a background thread while it reports progress."""
+        with connect(self.worker.config.dsn, "pgsight_worker_checkpoint") as conn:
+            store.save_dir(conn, f"job/{self.job_id}/checkpoint/", directory)
 
     def load_checkpoint(self, directory: Path) -> bool:
         return store.load_dir(self.conn, f"job/{self.job_id}/checkpoint/", directory) > 0

@@ -5,7 +5,8 @@ directory: `config.json` + `model.safetensors` (a plain transformers ResNetModel
 `ResNetModel.from_pretrained(dir)` opens it too), `head.safetensors` (the projection head, used when
 training continues from this model) and `simclr.json` (image size, normalisation, arch).
 
-Training (`train(ctx)`, ThanoSQL's BUILD MODEL ... USING SimCLR) lives in simclr_train.py.
+Training (`train(ctx)`, ThanoSQL's BUILD MODEL ... USING SimCLR) lives in simclr_train.py (the job) and
+simclr_fit.py (the loop).
 """
 from __future__ import annotations
 
