@@ -5,7 +5,6 @@ a registered base, Recall@K evaluation, SQLAlchemy."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import psycopg
@@ -15,6 +14,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from conftest import wait_for
 from pgsight.db.orm import embedding_column, engine, ml
 from pgsight.testing import running_worker
 from tiny_clip import build_tiny_clip
@@ -38,16 +38,6 @@ TINY_CONFIG = {
         "patch_size": 8,
     },
 }
-
-
-def wait_for(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def parse(text: str) -> np.ndarray:
