@@ -137,5 +137,10 @@ def demo(out: Path = typer.Option(Path("demo-out"), help="where images and pictu
     sys.exit(run_demo(out.resolve(), data_dir))
 
 
+# status, show, load-images, sql: the user's side, in pgsight/commands.py
+from pgsight.commands import register as _register_user_commands  # noqa: E402
+
+_register_user_commands(app)
+
 if __name__ == "__main__":
     app()

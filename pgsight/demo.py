@@ -13,7 +13,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from pgsight import datasets
+from pgsight import datasets, sheets
 from pgsight.db import migrate
 from pgsight.db.embedded import EmbeddedServer
 from pgsight.testing import running_worker
@@ -21,7 +21,7 @@ from pgsight.testing import running_worker
 console = Console()
 
 #: sections after the pixels baseline, each a module in pgsight.demos with run(dsn, out, console) -> dict
-SECTIONS: list[str] = []
+SECTIONS: list[str] = ["simclr", "clip", "vilt"]
 
 
 def precision_at_k(conn: psycopg.Connection, table: str, column: str, model: str, k: int = 10,
@@ -70,6 +70,11 @@ def run_demo(out: Path, data_dir: Path | None = None) -> int:
             "SELECT id, label FROM digits ORDER BY pixels_emb <=> ml.embed_image('pixels', 'digits/0.png') LIMIT 5").fetchall()
         console.print("SELECT id, label FROM digits ORDER BY pixels_emb <=> ml.embed_image('pixels', 'digits/0.png') LIMIT 5;")
         console.print(f"  → {example}")
+        sheet = sheets.save_query_sheet(
+            conn, "SELECT image_path, label, round((pixels_emb <=> ml.embed_image('pixels', 'digits/0.png'))::numeric, 3) "
+                  "AS distance FROM digits ORDER BY pixels_emb <=> ml.embed_image('pixels', 'digits/0.png') LIMIT 16",
+            out / "search_pixels.png", [out], title="pixels: digits/0.png (first) and its nearest neighbours")
+        console.print(f"contact sheet of the search: {sheet}")
         for name in SECTIONS:
             summary.update(importlib.import_module(f"pgsight.demos.{name}").run(dsn, out, console, worker))
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pytest
 from PIL import Image
 
 pytest_plugins = ["pgsight.testing"]
+
+# no model hub here (and none in CI): fail fast instead of retrying downloads
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

@@ -90,7 +90,8 @@ def test_query_time_errors_name_the_problem(conn, image_dir):
 
 
 def test_wait_on_a_job_of_an_open_transaction_says_commit_first(dsn, conn):
-    with psycopg.connect(dsn) as tx:  # not autocommit: a transaction block
+    with psycopg.connect(dsn) as tx:  # not autocommit: a transaction block that has written
+        tx.execute("CREATE TABLE scratch (id int)")
         job = tx.execute("SELECT ml.create_embedding('photos', 'px', 'path')").fetchone()[0]
         msg = error_of(tx, "SELECT ml.wait(%s, '2 seconds')", (job,))
         assert "created in this transaction" in msg and "COMMIT first" in msg
@@ -100,6 +101,11 @@ def test_wait_on_a_job_of_an_open_transaction_says_commit_first(dsn, conn):
 
 def test_create_embedding_in_a_transaction_block_is_transactional(dsn, conn, image_dir):
     with psycopg.connect(dsn) as tx:
+        tx.execute("UPDATE photos SET note = 'n' WHERE id = 0")  # the block has written something
+        tx.execute("SELECT ml.create_embedding('photos', 'px', 'path')")
+        tx.rollback()
+    with psycopg.connect(dsn) as tx:
+        tx.execute("SET LOCAL pgsight.autonomous = off")  # or says so
         tx.execute("SELECT ml.create_embedding('photos', 'px', 'path')")
         tx.rollback()
     assert conn.execute("SELECT count(*) FROM information_schema.columns "
@@ -131,3 +137,11 @@ def test_build_model_options_are_checked_before_any_work(conn):
     assert "does not run" in error_of(conn, "SELECT ml.build_model('m', 'simclr', 'SELECT nope FROM photos', '{}')")
     assert "are not trained" in error_of(conn, "SELECT ml.build_model('m', 'pixels', 'SELECT 1', '{}')")
     assert conn.execute("SELECT count(*) FROM ml.jobs").fetchone()[0] == 0
+
+
+def test_parameterised_calls_commit_on_their_own(conn, image_dir):
+    """Extended-protocol calls (every parameterised driver call) work like plain ones."""
+    with running_worker(conn.info.dsn, [image_dir]):
+        status = conn.execute("SELECT ml.wait(ml.create_embedding(%s, %s, %s, %s))",
+                              ("photos", "px", "path", "emb")).fetchone()[0]
+        assert status == "done"

@@ -13,9 +13,16 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     SELECT EXISTS (SELECT 1 FROM u)
 $$;
 
+-- Hand back the rows a worker claimed (after it lost its connection mid-batch, or on exit).
+CREATE OR REPLACE FUNCTION ml.worker_release(worker bigint) RETURNS int
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    WITH r AS (UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL WHERE claimed_by = worker RETURNING 1)
+    SELECT count(*)::int FROM r
+$$;
+
 CREATE OR REPLACE FUNCTION ml.worker_unregister(worker bigint) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL WHERE claimed_by = worker;
+    SELECT ml.worker_release(worker);
     UPDATE ml.jobs SET status = 'queued', claimed_by = NULL, lease_until = NULL
         WHERE claimed_by = worker AND status = 'running' AND kind <> 'backfill';
     UPDATE ml.rpc SET status = 'pending', claimed_by = NULL WHERE claimed_by = worker AND status = 'running';
@@ -88,13 +95,16 @@ BEGIN
     END IF;
     is_bytea := (SELECT atttypid = 'bytea'::regtype FROM pg_attribute
                  WHERE attrelid = t.table_name AND attname = t.source_col);
+    -- LATERAL: one primary-key lookup per row, whatever the table's size (a hash join would scan it)
     RETURN QUERY EXECUTE format(
-        'SELECT q.id, %s, q.key, x.%I IS NOT NULL, %s, %s, md5(x.%I)
+        'SELECT q.id, %s, q.key, x.found IS NOT NULL, x.src_text, x.src_bytes, x.src_hash
          FROM unnest($1::bigint[], $2::text[]) AS q(id, key)
-         LEFT JOIN %s x ON x.%I = q.key::%s ORDER BY q.id',
-        tid, t.key_col,
-        CASE WHEN is_bytea THEN 'NULL::text' ELSE format('x.%I::text', t.source_col) END,
-        CASE WHEN is_bytea THEN format('x.%I', t.source_col) ELSE 'NULL::bytea' END,
+         LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, md5(y.%I) AS src_hash
+                            FROM %s y WHERE y.%I = q.key::%s LIMIT 1) x ON true
+         ORDER BY q.id',
+        tid,
+        CASE WHEN is_bytea THEN 'NULL::text' ELSE format('y.%I::text', t.source_col) END,
+        CASE WHEN is_bytea THEN format('y.%I', t.source_col) ELSE 'NULL::bytea' END,
         t.source_col, t.table_name, t.key_col, t.key_type)
     USING ids, keys;
 END $$;
@@ -113,11 +123,13 @@ $$;
 CREATE OR REPLACE FUNCTION ml._complete(worker bigint, queue_ids bigint[], as_failed boolean) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     WITH d AS (
-        DELETE FROM ml.queue WHERE id = ANY (queue_ids) AND claimed_by = worker RETURNING job_id
+        DELETE FROM ml.queue WHERE id = ANY (queue_ids) AND claimed_by = worker RETURNING job_id, attempts
     ), c AS (
-        SELECT job_id, count(*) AS n FROM d WHERE job_id IS NOT NULL GROUP BY job_id
+        SELECT job_id, count(*) AS n, count(*) FILTER (WHERE attempts > 1) AS again
+        FROM d WHERE job_id IS NOT NULL GROUP BY job_id
     )
-    UPDATE ml.jobs j SET done = j.done + c.n, failed = j.failed + CASE WHEN as_failed THEN c.n ELSE 0 END
+    UPDATE ml.jobs j SET done = j.done + c.n, failed = j.failed + CASE WHEN as_failed THEN c.n ELSE 0 END,
+        retried = j.retried + c.again
     FROM c WHERE j.id = c.job_id
 $$;
 
@@ -133,8 +145,8 @@ BEGIN
     IF t.id IS NOT NULL THEN
         EXECUTE format(
             'UPDATE %s x SET %I = v.vec FROM unnest($1::text[], $2::text[], $3::vector[]) AS v(key, h, vec)
-             WHERE x.%I = v.key::%s AND md5(x.%I) IS NOT DISTINCT FROM v.h',
-            t.table_name, t.result_col, t.key_col, t.key_type, t.source_col)
+             WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h',
+            t.table_name, t.result_col, t.key_col, t.key_type, t.key_col, t.key_type, t.source_col)
         USING keys, hashes, vecs;
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM ml._forget_errors(tid, keys);
@@ -154,8 +166,9 @@ BEGIN
         EXECUTE format(
             'UPDATE %s x SET %I = v.answer, %I = v.score
              FROM unnest($1::text[], $2::text[], $3::text[], $4::real[]) AS v(key, h, answer, score)
-             WHERE x.%I = v.key::%s AND md5(x.%I) IS NOT DISTINCT FROM v.h',
-            t.table_name, t.result_col, t.result_col || '_score', t.key_col, t.key_type, t.source_col)
+             WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h',
+            t.table_name, t.result_col, t.result_col || '_score', t.key_col, t.key_type, t.key_col, t.key_type,
+            t.source_col)
         USING keys, hashes, answers, scores;
         GET DIAGNOSTICS n = ROW_COUNT;
         PERFORM ml._forget_errors(tid, keys);
@@ -216,8 +229,10 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     n int;
 BEGIN
-    UPDATE ml.jobs j SET status = 'done', finished_at = now(),
-        error = CASE WHEN j.failed > 0 THEN format('%s of %s rows failed: see ml.errors', j.failed, j.total) END
+    UPDATE ml.jobs j SET status = CASE WHEN j.failed > 0 AND j.failed = j.total THEN 'failed' ELSE 'done' END,
+        finished_at = now(),
+        error = CASE WHEN j.failed > 0 THEN format('%s of %s rows failed (first: %s); see ml.errors', j.failed, j.total,
+            (SELECT e.error FROM ml.errors e WHERE e.job_id = j.id ORDER BY e.id LIMIT 1)) END
     WHERE j.kind = 'backfill' AND j.status IN ('queued', 'running')
       AND NOT EXISTS (SELECT 1 FROM ml.queue q WHERE q.job_id = j.id)
       AND NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = j.task_id AND t.index_state = 'pending');

@@ -16,9 +16,20 @@ INSERT INTO ml.settings (key, value) VALUES
     ('lease',          '10 minutes'),   -- a claimed batch is handed to another worker after this
     ('worker_timeout', '15 seconds'),   -- a worker without heartbeat for this long is dead
     ('max_attempts',   '5'),            -- transient failures of a row before it is dead-lettered
-    ('loopback',       ''),             -- libpq connection string back to this database ('' = derive)
+    ('autonomous',     'on'),           -- create_embedding/build_model commit on their own when they can
     ('index',          'auto'),         -- HNSW index of embedding columns: auto | now | off
     ('index_defer_rows', '1000');       -- auto: backfills this large build the index once, at the end
+
+-- Where the loopback connection (autonomous commits, query-time calls) logs in. Empty: as the
+-- calling role, over the server's first unix socket. Otherwise a libpq key=value string without
+-- dbname, e.g. 'host=/var/run/postgresql user=pgsight_loopback password=...', and the role it logs
+-- in as. No privileges are granted on this table: it may hold a password.
+CREATE TABLE ml.loopback (
+    id       boolean PRIMARY KEY DEFAULT true CHECK (id),
+    conninfo text NOT NULL DEFAULT '',
+    role     text
+);
+INSERT INTO ml.loopback DEFAULT VALUES;
 
 -- The kinds of model the workers know. Training options are validated against `train_options`
 -- (keys and default values) before a job is queued.
@@ -71,6 +82,7 @@ CREATE TABLE ml.tasks (
     key_type    text NOT NULL,
     index_name  text,
     index_state text NOT NULL DEFAULT 'none' CHECK (index_state IN ('none', 'pending', 'ready')),
+    model_version int,                -- the model version the column is computed with (set by each backfill)
     created_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (table_name, result_col)
 );
@@ -95,6 +107,7 @@ CREATE TABLE ml.jobs (
                 CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     done        bigint NOT NULL DEFAULT 0,   -- rows (or steps) finished, failed ones included
     failed      bigint NOT NULL DEFAULT 0,
+    retried     bigint NOT NULL DEFAULT 0,   -- rows claimed more than once (a worker died or a batch failed)
     total       bigint,
     error       text,
     params      jsonb NOT NULL DEFAULT '{}',
@@ -119,7 +132,8 @@ CREATE TABLE ml.queue (
     not_before  timestamptz,
     lease_until timestamptz,
     claimed_by  bigint,
-    last_error  text
+    last_error  text,
+    queued_at   timestamptz NOT NULL DEFAULT now()   -- for the backlog's oldest-pending age (ml.status_backlog)
 );
 CREATE INDEX queue_task_idx ON ml.queue (task_id, id);
 CREATE INDEX queue_job_idx ON ml.queue (job_id) WHERE job_id IS NOT NULL;

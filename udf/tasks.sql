@@ -124,6 +124,7 @@ BEGIN
     EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %I ON %s FOR EACH ROW '
                    'WHEN (OLD.%I IS DISTINCT FROM NEW.%I) EXECUTE FUNCTION ml._on_update(%s, %L)',
                    'pgsight_' || tid || '_update', source_col, tbl, source_col, source_col, tid, chk.key_col);
+    PERFORM ml._grant_worker(tid, true);
     jid := ml._backfill(tid);
 
     -- The HNSW index: maintained row by row it costs ~40x the write itself, so a large backfill
@@ -175,17 +176,44 @@ BEGIN
     RETURN tid;
 END $$;
 
+-- The worker role (pgsight_worker) reads exactly the key and source columns of a task's table and
+-- writes exactly its result columns: column privileges, granted by the table's owner at creation.
+CREATE OR REPLACE FUNCTION ml._grant_worker(tid int, grant_it boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    results text;
+BEGIN
+    IF t.id IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgsight_worker') THEN
+        RETURN;
+    END IF;
+    results := format('%I', t.result_col) ||
+        CASE WHEN t.kind = 'prediction' THEN format(', %I', t.result_col || '_score') ELSE '' END;
+    IF grant_it THEN
+        EXECUTE format('GRANT SELECT (%I, %I), UPDATE (%s) ON %s TO pgsight_worker',
+                       t.key_col, t.source_col, results, t.table_name);
+    ELSIF NOT EXISTS (SELECT 1 FROM ml.tasks o WHERE o.table_name = t.table_name AND o.id <> t.id) THEN
+        EXECUTE format('REVOKE SELECT (%I, %I) ON %s FROM pgsight_worker', t.key_col, t.source_col, t.table_name);
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'pgsight: could not % pgsight_worker the columns of %: %',
+        CASE WHEN grant_it THEN 'grant' ELSE 'revoke from' END, t.table_name, SQLERRM;
+END $$;
+
 -- Queue every row of a task in a new backfill job; returns the job id.
 CREATE OR REPLACE FUNCTION ml._backfill(tid int) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    v int := (SELECT version FROM ml.models WHERE name = t.model);
     jid bigint;
     n bigint;
 BEGIN
+    -- the task records which model version its results come from; a re-registered model backfills again
+    UPDATE ml.tasks SET model_version = v WHERE id = tid;
     INSERT INTO ml.jobs (kind, model, table_name, task_id, params)
     VALUES ('backfill', t.model, t.table_name::text, t.id,
-            jsonb_build_object('column', t.result_col, 'source_col', t.source_col))
+            jsonb_build_object('column', t.result_col, 'source_col', t.source_col, 'model_version', v))
     RETURNING id INTO jid;
     EXECUTE format('INSERT INTO ml.queue (task_id, key, job_id) SELECT %s, %I::text, %s FROM %s WHERE %I IS NOT NULL',
                    tid, t.key_col, jid, t.table_name, t.source_col);
@@ -200,8 +228,10 @@ BEGIN
     RETURN jid;
 END $$;
 
+-- Trigger functions are SECURITY DEFINER: whoever writes the user's table (an application role
+-- that knows nothing of pgsight) may queue its rows, and nothing else.
 CREATE OR REPLACE FUNCTION ml._on_insert() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = TG_ARGV[0]::int);
     n bigint;
@@ -219,7 +249,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml._on_update() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     k text;
 BEGIN
@@ -230,14 +260,14 @@ BEGIN
 END $$;
 
 -- Autonomous when possible: the task commits on its own, so `SELECT ml.wait(ml.create_embedding(...))`
--- works in one statement. Inside a transaction block, or when this transaction already touched the
--- table, it runs in the caller's transaction (then wait after COMMIT).
+-- works in one statement. When the caller's transaction has written something or touched the table
+-- (or SET pgsight.autonomous = off), it runs in the caller's transaction (then wait after COMMIT).
 CREATE OR REPLACE FUNCTION ml._create_task(task_kind text, tbl regclass, model_name text, source_col text,
                                            result_col text, modality text, question text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
     PERFORM ml._check_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
-    IF statement_timestamp() = transaction_timestamp() AND NOT ml._locked_by_me(tbl) THEN
+    IF ml._may_commit_alone() AND NOT ml._locked_by_me(tbl) AND ml._loopback_is(current_user::text) THEN
         RETURN ml._autonomous(format('SELECT ml._install_task(%L, %s::oid::regclass, %L, %L, %L, %L, %L, %L)',
             task_kind, tbl::oid, model_name, source_col, result_col, modality, question, ml.setting('index')))::bigint;
     END IF;
@@ -266,6 +296,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgsight: %.% is not a pgsight % column', tbl, coalesce(quote_ident(col), 'NULL'), task_kind;
     END IF;
+    PERFORM ml._grant_worker(t.id, false);  -- before the column goes (the drop event forgets the task)
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgsight_' || t.id || '_insert', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgsight_' || t.id || '_update', tbl);
     EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, col);  -- drops its index too

@@ -57,14 +57,13 @@ BEGIN
     RETURN cols;
 END $$;
 
--- Insert a job so that it commits on its own (ml.wait works in the same statement) unless the caller
--- is inside a transaction block.
-CREATE OR REPLACE FUNCTION ml._submit_job(kind text, model text, params jsonb) RETURNS bigint
+-- Insert a job; with `alone` it commits on its own (ml.wait works in the same statement).
+CREATE OR REPLACE FUNCTION ml._submit_job(kind text, model text, params jsonb, alone boolean) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     jid bigint;
 BEGIN
-    IF statement_timestamp() = transaction_timestamp() THEN
+    IF alone THEN
         jid := ml._autonomous(format('INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id',
                                      kind, model, params))::bigint;
     ELSE
@@ -79,6 +78,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ml.build_model(name text, kind text, query text, options jsonb DEFAULT '{}')
 RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+    alone boolean := ml._may_commit_alone();  -- decided before _query_columns writes a temp view
     opts jsonb;
     cols text[];
     key text;
@@ -100,6 +100,8 @@ BEGIN
         RAISE EXCEPTION 'pgsight: base % is neither a registered model nor a hub id or directory', opts->>'base';
     END IF;
     cols := ml._query_columns(query);
+    -- the worker runs the query with its own role: check now that the caller may read all of it
+    EXECUTE 'SELECT FROM (' || query || ') AS q LIMIT 0';
     FOR key IN SELECT k FROM pg_catalog.jsonb_object_keys(opts) k WHERE k LIKE '%\_col' LOOP
         IF opts->>key IS NOT NULL AND NOT (opts->>key) = ANY (cols) THEN
             RAISE EXCEPTION 'pgsight: option % names column %, which the query does not return', key,
@@ -108,7 +110,8 @@ BEGIN
         END IF;
     END LOOP;
     RETURN ml._submit_job('train', name, pg_catalog.jsonb_build_object('kind', kind, 'query', query, 'options', opts,
-                                                               'search_path', pg_catalog.current_setting('search_path')));
+                                                               'search_path', pg_catalog.current_setting('search_path')),
+                          alone);
 END $$;
 
 -- Worker: a training job finished; its weights were written under ml.blobs 'job/<id>/model/'.
@@ -160,12 +163,16 @@ BEGIN
         RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', options::text;
     END IF;
     PERFORM ml._query_columns(query);
-    IF pg_catalog.statement_timestamp() <> pg_catalog.transaction_timestamp() THEN
-        RAISE EXCEPTION 'pgsight: ml.evaluate_% waits for a worker and cannot run inside a transaction block', what
-            USING HINT = 'run it on its own (autocommit)';
-    END IF;
-    jid := ml._submit_job('evaluate', model_name, pg_catalog.jsonb_build_object('what', what, 'query', query,
-        'options', options, 'search_path', pg_catalog.current_setting('search_path')));
+    EXECUTE 'SELECT FROM (' || query || ') AS q LIMIT 0';  -- the caller may read all of it
+    -- The job is committed on its own (a worker must see it while we wait), whatever transaction the
+    -- caller is in: statement_timestamp() cannot tell, it differs from transaction_timestamp() under
+    -- the extended query protocol (every parameterised psycopg/SQLAlchemy call) even in autocommit.
+    jid := ml._autonomous(pg_catalog.format(
+        'WITH j AS (INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id) '
+        'SELECT j.id::text FROM j, LATERAL (SELECT pg_catalog.pg_notify(%L, %L)) n',
+        'evaluate', model_name, pg_catalog.jsonb_build_object('what', what, 'query', query, 'options', options,
+                                                              'search_path', pg_catalog.current_setting('search_path')),
+        'ml_work', 'job'))::bigint;
     st := ml.wait(jid, coalesce(nullif(options->>'timeout', '')::interval, interval '1 hour'));
     SELECT r.result, r.error INTO res, err
     FROM ml._job_result(jid) r;

@@ -18,44 +18,67 @@ BEGIN
     RETURN name;
 END $$;
 
--- A connection string back to this database, for work that must commit on its own
--- (ml.create_embedding inside `SELECT ml.wait(...)`) and for query-time requests.
-CREATE OR REPLACE FUNCTION ml._loopback_connstr() RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+-- Open (or reuse) the session's named loopback connection, logging in as `who` (the caller's role)
+-- or as the configured loopback role. SECURITY DEFINER so that only it reads ml.loopback, which may
+-- hold a password; a caller may only ask for a role it is a member of. Opening costs ~5 ms, a call on
+-- an open connection ~0.1 ms, so the connection is kept for the session.
+CREATE OR REPLACE FUNCTION ml._loopback_open(who text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, ml AS $$
 DECLARE
-    configured text := ml.setting('loopback');
+    lb ml.loopback := (SELECT l FROM ml.loopback l);
+    login text := coalesce(nullif(lb.role, ''), who);
+    conn text := 'pgsight_' || login;
     sockdir text := split_part(current_setting('unix_socket_directories'), ',', 1);
+    connstr text;
 BEGIN
-    IF configured IS NOT NULL AND configured <> '' THEN
-        RETURN configured || format(' dbname=%s', quote_ident(current_database()));
+    IF NOT pg_has_role(session_user, who, 'MEMBER') THEN
+        RAISE EXCEPTION 'pgsight: % may not open a loopback connection as %', session_user, who;
     END IF;
-    RETURN format('host=%s port=%s dbname=%s user=%s application_name=pgsight_loopback',
-                  coalesce(nullif(trim(sockdir), ''), 'localhost'), current_setting('port'),
-                  quote_ident(current_database()), quote_ident(current_user));
-END $$;
-
--- Open (or reuse) this session's named loopback connection. The connection is kept for the
--- session: opening one costs ~5 ms, a call on an open one ~0.1 ms.
-CREATE OR REPLACE FUNCTION ml._loopback() RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
-DECLARE
-    conn text := 'pgsight_' || current_user;
-BEGIN
     IF conn = ANY (coalesce(dblink_get_connections(), '{}')) THEN
-        -- a server restart leaves a dead connection behind: probe it cheaply
-        IF dblink_error_message(conn) = 'OK' THEN
-            RETURN conn;
-        END IF;
-        PERFORM dblink_disconnect(conn);
+        RETURN conn;
+    END IF;
+    IF lb.conninfo <> '' THEN
+        connstr := lb.conninfo || ' dbname=' || ml._conninfo_quote(current_database());
+    ELSE
+        connstr := format('host=%s port=%s dbname=%s user=%s application_name=pgsight_loopback',
+                          ml._conninfo_quote(coalesce(nullif(trim(sockdir), ''), 'localhost')),
+                          current_setting('port'), ml._conninfo_quote(current_database()), ml._conninfo_quote(who));
     END IF;
     BEGIN
-        PERFORM dblink_connect(conn, ml._loopback_connstr());
+        PERFORM dblink_connect(conn, connstr);
     EXCEPTION WHEN OTHERS THEN
-        RAISE EXCEPTION 'pgsight: cannot open the loopback connection to this database: %', SQLERRM
-            USING HINT = 'set ml.settings ''loopback'' to a libpq connection string that reaches this server';
+        RAISE EXCEPTION 'pgsight: cannot open the loopback connection to this database as %: %', login, SQLERRM
+            USING HINT = 'an administrator can point it elsewhere: UPDATE ml.loopback SET conninfo = ''host=... user=... password=...'', role = ''...''';
     END;
     RETURN conn;
 END $$;
+
+-- A libpq connection-string value, quoted.
+CREATE OR REPLACE FUNCTION ml._conninfo_quote(v text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+    SELECT '''' || replace(replace(v, E'\\', E'\\\\'), '''', E'\\''') || ''''
+$$;
+
+CREATE OR REPLACE FUNCTION ml._loopback() RETURNS text
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    SELECT ml._loopback_open(current_user::text)
+$$;
+
+-- True when the loopback logs in as the caller's own role: then work may commit on its own
+-- (autonomously) with exactly the caller's privileges.
+CREATE OR REPLACE FUNCTION ml._loopback_is(who text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+    SELECT coalesce(nullif(role, ''), who) = who FROM ml.loopback
+$$;
+
+-- May work commit on its own, apart from the caller's transaction? Yes unless the caller's transaction
+-- has written something already (an xid is assigned: a table or model it created would be invisible
+-- to the loopback session), or the session says `SET pgsight.autonomous = off` (Alembic migrations
+-- do, to keep everything in their transaction). Called before the function itself writes anything.
+CREATE OR REPLACE FUNCTION ml._may_commit_alone() RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    SELECT pg_current_xact_id_if_assigned() IS NULL AND ml.setting('autonomous') <> 'off'
+$$;
 
 -- Run one statement in its own transaction (committed when it returns) and give back its
 -- single text result.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import platformdirs
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgsight.worker.connection import connect
@@ -48,6 +49,8 @@ class WorkerConfig:
     device: str = "auto"
     batch_size: int = 256
     allow_urls: bool = False
+    url_timeout: float = 10.0
+    max_image_bytes: int = 50 * 1024 * 1024
     poll_interval: float = 1.0
     heartbeat_interval: float = 2.0
     loader_threads: int = 2   # per feeder; image decode is mostly GIL-bound for small images
@@ -60,7 +63,8 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.device = pick_device(config.device)
-        self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls)
+        self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls, url_timeout=config.url_timeout,
+                                  max_bytes=config.max_image_bytes)
         cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
         self.models = ModelCache(self.device, cache)
         self.rows = RowProcessor(self.models, self.loader, config.loader_threads)
@@ -87,15 +91,22 @@ class Worker:
         log.info("worker %s on %s: device %s, roots %s", self.id, socket.gethostname(), self.device,
                  [str(r) for r in self.loader.roots])
         backoff = 0.5
+        lost = False
         try:
             while not self.stop.is_set():
                 try:
+                    if lost:  # the batches in flight died with the connection: hand their rows back
+                        released = self._conn("job").execute("SELECT ml.worker_release(%s)", (self.id,)).fetchone()[0]
+                        log.warning("reconnected; handed back %s rows claimed before the connection was lost", released)
+                        lost = False
+                        self.wake.set()
                     if not self._work_once():
                         self.wake.wait(self.config.poll_interval)
                         self.wake.clear()
                     backoff = 0.5
                 except psycopg.OperationalError as e:
                     log.warning("database connection lost (%s); retrying in %.1fs", e, backoff)
+                    lost = True
                     self._close_conns()
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 10)
@@ -150,7 +161,7 @@ class Worker:
                         if not conn.execute("SELECT ml.worker_heartbeat(%s)", (self.id,)).fetchone()[0]:
                             log.warning("worker %s was reaped (silent too long); registering again", self.id)
                             self._register()
-                        if time.monotonic() - last_reap > 5:
+                        if time.monotonic() - last_reap > self.config.heartbeat_interval * 2:
                             if conn.execute("SELECT ml.reap()").fetchone()[0]:
                                 self.wake.set()
                             last_reap = time.monotonic()
@@ -232,9 +243,9 @@ class Worker:
         from pgsight.worker.training import run_job
 
         conn = self._conn("job")
-        job = conn.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
+        with conn.cursor(row_factory=dict_row) as cur:
+            job = cur.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
         if job is None:
             return False
-        cols = [c.name for c in conn.execute("SELECT * FROM ml.jobs LIMIT 0").description]
-        run_job(self, conn, dict(zip(cols, job)))
+        run_job(self, conn, job)
         return True

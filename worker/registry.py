@@ -24,20 +24,29 @@ class ModelCache:
         self.cache_dir = cache_dir
         self._by_name: dict[str, tuple[int, Adapter]] = {}
         self._by_source: dict[tuple[str, str, str], Adapter] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()                     # guards the dicts, never held while loading
+        self._loading: dict[object, threading.Lock] = {}  # one lock per model being loaded
 
     def from_source(self, kind: str, source: str | None, options: dict[str, Any]) -> Adapter:
-        key = (kind, source or "", json.dumps(options, sort_keys=True))
-        with self._lock:
+        # `_info` (what ml.models recorded) never changes which weights load: not part of the key, so
+        # ml.load_model's describe and the first backfill share one loaded copy
+        key = (kind, source or "", json.dumps({k: v for k, v in options.items() if k != "_info"}, sort_keys=True))
+        with self._key_lock(key):  # a slow or failing load blocks only the callers of that model
             if key not in self._by_source:
                 try:
-                    self._by_source[key] = adapter_class(kind).load(source, options, self.device)
+                    adapter = adapter_class(kind).load(source, options, self.device)
                 except Exception as e:
                     raise ModelLoadError(f"cannot load {kind} model from {source!r}: {e}") from e
+                with self._lock:
+                    self._by_source[key] = adapter
             return self._by_source[key]
 
-    def get(self, conn: psycopg.Connection, name: str, version: int | None = None) -> Adapter:
+    def _key_lock(self, key: object) -> threading.Lock:
         with self._lock:
+            return self._loading.setdefault(key, threading.Lock())
+
+    def get(self, conn: psycopg.Connection, name: str, version: int | None = None) -> Adapter:
+        with self._key_lock(("name", name)):
             cached = self._by_name.get(name)
             if cached and (version is None or cached[0] == version):
                 return cached[1]

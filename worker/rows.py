@@ -66,8 +66,10 @@ class RowProcessor:
             return batch
         try:
             batch.adapter = self.models.get(conn, task["model"], task["model_version"])
-        except ModelLoadError as e:
-            batch.retry_error = str(e)
+        except psycopg.OperationalError:
+            raise
+        except Exception as e:  # weights missing or corrupt, disk full ...: retried, then dead-lettered
+            batch.retry_error = str(e) if isinstance(e, ModelLoadError) else f"cannot load model {task['model']!r}: {e}"
             return batch
         sources = [(r[3], r[4], r[5]) for r in rows]  # present, text, bytes
         if task["modality"] == "text":
@@ -141,6 +143,7 @@ class RowProcessor:
         tid = batch.task.get("id")
         if batch.retry_error:
             conn.execute("SELECT ml.retry_rows(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, batch.retry_error))
+            conn.execute("SELECT ml.finish_jobs()")  # the last attempt may have dead-lettered the job's last rows
             return 0
         if batch.errors:
             idx = sorted(batch.errors)

@@ -9,6 +9,7 @@ udf/kinds.sql. Training and evaluation, if the kind has them, are functions `tra
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 #: kind -> module under pgsight.worker.models
-KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt"}
+KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt", "blip2": "blip2"}
 
 
 class Adapter:
@@ -48,10 +49,20 @@ class Adapter:
         raise NotImplementedError(f"{self.kind} models do not answer questions")
 
 
+def extra_kinds() -> dict[str, str]:
+    """Model kinds from outside pgsight: PGSIGHT_KINDS="kind=package.module,..." (each module
+    provides ADAPTER like the built-in ones; register the kind's row in ml.model_kinds too)."""
+    pairs = [p.split("=", 1) for p in os.environ.get("PGSIGHT_KINDS", "").split(",") if "=" in p]
+    return {k.strip(): m.strip() for k, m in pairs}
+
+
 def kind_module(kind: str) -> ModuleType:
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(sorted(KINDS))})")
-    return importlib.import_module(f"{__name__}.{KINDS[kind]}")
+    if kind in KINDS:
+        return importlib.import_module(f"{__name__}.{KINDS[kind]}")
+    extra = extra_kinds()
+    if kind in extra:
+        return importlib.import_module(extra[kind])
+    raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(sorted({*KINDS, *extra}))})")
 
 
 def adapter_class(kind: str) -> type[Adapter]:

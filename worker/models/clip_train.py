@@ -1,0 +1,309 @@
+"""Contrastive training of CLIP models (ml.build_model(name, 'clip', query, options)).
+
+Fine-tuning starts from `base` (a registered clip model, a hub id or a directory); with
+`"base": null` a new model is built from `config` (CLIPConfig keyword arguments) and trained from
+scratch. Its tokenizer is taken from the `tokenizer` option (a registered clip model, a hub id or
+a directory) or, when that is null, built from the training texts (byte-level BPE in CLIP's own
+format, see clip_tokenizer); its image processor is CLIP's (resize, centre crop to `image_size`,
+CLIP's mean/std).
+
+The loss is the symmetric InfoNCE of CLIP with the model's learned temperature (logit_scale,
+clamped at 100). Rows with identical texts are positives of each other (uniform soft targets), so
+captions that repeat — class names, templates — are not pushed apart as false negatives; with
+unique captions this is exactly CLIP's loss. AdamW (no decay on biases, norms, logit_scale), 10 %
+linear warm-up, cosine decay, gradient norm clipped at 1; bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from pgsight.worker.models.clip import load_parts
+from pgsight.worker.models.pairs import Pairs, load_images, read_pairs
+
+CACHE_BYTES = 1 << 30  # keep preprocessed images in memory up to this much, else re-load per batch
+SCRATCH_ONLY = ("config", "tokenizer", "image_size")
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+# -- the model to train ---------------------------------------------------------------------------
+def _source_of(ctx, ref: str, what: str) -> str:
+    """A registered model's directory (it must be a clip model), else the hub id / directory itself."""
+    if ctx.model_exists(ref):
+        kind = ctx.conn.execute("SELECT kind FROM ml.model_info(%s)", (ref,)).fetchone()[0]
+        if kind != "clip":
+            raise ValueError(f"{what} {ref!r} is a {kind} model, not a clip model")
+        return ctx.model_source_dir(ref)
+    return ref
+
+
+def scratch_model(options: dict[str, Any], tokenizer):
+    """A new CLIPModel from the `config` option, wired to the tokenizer's vocabulary."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = options.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(
+            'training from scratch ("base": null) needs a "config" option: CLIPConfig keyword '
+            'arguments, e.g. {"projection_dim": 64, "text_config": {...}, "vision_config": {...}}'
+        )
+    config = dict(config)
+    text = dict(config.pop("text_config", None) or {})
+    vision = dict(config.pop("vision_config", None) or {})
+    image_size = options.get("image_size")
+    if image_size is not None:
+        if vision.get("image_size", image_size) != image_size:
+            raise ValueError(
+                f"option image_size {image_size} contradicts config.vision_config.image_size "
+                f"{vision['image_size']}"
+            )
+        vision["image_size"] = image_size
+    text.setdefault("max_position_embeddings", min(77, int(getattr(tokenizer, "model_max_length", 77) or 77)))
+    text.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    try:
+        return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, **config))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"option config is not a valid CLIPConfig: {e}") from e
+
+
+def model_to_train(ctx, pairs: Pairs):
+    """(model, tokenizer, image processor, description of where it came from)."""
+    from transformers import AutoTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from pgsight.worker.models.clip_tokenizer import build_tokenizer
+
+    options = ctx.options
+    base = options.get("base")
+    if base:
+        given = [k for k in SCRATCH_ONLY if options.get(k) is not None]
+        if given:
+            raise ValueError(
+                f'option {", ".join(given)} applies only when training from scratch ("base": null); '
+                f"a base model brings its own"
+            )
+        model, tokenizer, processor = load_parts(_source_of(ctx, str(base), "base"))
+        return model, tokenizer, processor, {"base": base}
+    config = options.get("config")
+    text_config = (config.get("text_config") or {}) if isinstance(config, dict) else {}
+    max_length = int(text_config.get("max_position_embeddings", 77))
+    if options.get("tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            _source_of(ctx, str(options["tokenizer"]), "tokenizer"), trust_remote_code=False
+        )
+        tokenizer.model_max_length = min(int(tokenizer.model_max_length), max_length)
+    else:
+        tokenizer = build_tokenizer(pairs.texts, num_merges=1000, max_length=max_length)
+    model = scratch_model(options, tokenizer)
+    size = model.config.vision_config.image_size
+    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return (
+        model,
+        tokenizer,
+        processor,
+        {"base": None, "tokenizer": options.get("tokenizer") or "built from the training texts"},
+    )
+
+
+# -- images ---------------------------------------------------------------------------------------
+class PixelSource:
+    """Preprocessed images by pair index: cached in memory when they fit, else loaded per batch."""
+
+    def __init__(self, ctx, pairs: Pairs, processor) -> None:
+        self.ctx = ctx
+        self.processor = processor
+        self.cache: np.ndarray | None = None
+        kept, arrays, cached_bytes = [], [], 0
+        step = 512
+        for start in range(0, len(pairs), step):
+            got, errors = load_images(ctx, pairs.refs[start : start + step], self.preprocess)
+            for e in errors:
+                pairs.skip(e)
+            for i, a in enumerate(got):
+                if a is None:
+                    continue
+                kept.append(start + i)
+                if arrays is not None:
+                    arrays.append(a)
+                    cached_bytes += a.nbytes
+                    if cached_bytes > CACHE_BYTES:
+                        arrays = None  # too big for memory: stream from the image store instead
+            ctx.progress(done=min(start + step, len(pairs)), total=len(pairs), stage="loading images")
+        pairs.keep(kept)
+        self.refs = pairs.refs
+        if arrays is not None and arrays:
+            self.cache = np.stack(arrays)
+
+    def preprocess(self, image) -> np.ndarray:
+        return self.processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels, the indices that loaded): an image that vanished since the first pass drops out."""
+        if self.cache is not None:
+            return self.cache[indices], indices
+        got, _ = load_images(self.ctx, [self.refs[i] for i in indices], self.preprocess)
+        ok = [i for i, a in enumerate(got) if a is not None]
+        return np.stack([got[i] for i in ok]) if ok else np.zeros((0,)), indices[ok]
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def clip_loss(model, pixels, input_ids, attention_mask, same_text):
+    """Symmetric InfoNCE; `same_text` (B x B bool) marks the positives of each row."""
+    import torch.nn.functional as F
+
+    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output.float(), dim=-1)
+    text = F.normalize(
+        model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output.float(),
+        dim=-1,
+    )
+    logits = model.logit_scale.exp().float() * image @ text.T
+    targets = same_text.float() / same_text.sum(dim=1, keepdim=True)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def _optimizer(model, lr: float, weight_decay: float):
+    import torch
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+
+
+def lr_factor(step: int, total: int) -> float:
+    warmup = max(1, int(0.1 * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:  # one pair alone has no negatives
+        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+    return batches
+
+
+def train_clip(ctx) -> dict[str, Any]:
+    import torch
+
+    _quiet_transformers()
+    options = ctx.options
+    started = time.monotonic()
+    seed = int(options.get("seed") or 0)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pairs = read_pairs(ctx, options["image_col"], options["text_col"])
+    model, tokenizer, processor, origin = model_to_train(ctx, pairs)
+    pixels = PixelSource(ctx, pairs, processor)
+    n = len(pairs)
+    if n < 2:
+        raise ValueError(
+            f"need at least 2 (image, text) pairs to train, got {n} ({pairs.skipped} rows skipped: "
+            f"{'; '.join(pairs.errors) or 'none'})"
+        )
+
+    device = ctx.device
+    model.to(device).train()
+    max_length = int(min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings))
+    text_ids = {t: i for i, t in enumerate(dict.fromkeys(pairs.texts))}
+    text_code = np.array([text_ids[t] for t in pairs.texts])
+    batch_size, epochs = int(options["batch_size"]), int(options["max_epochs"])
+    total = epochs * len(_batches(n, batch_size, np.random.default_rng(0)))
+    optimizer = _optimizer(model, float(options["learning_rate"]), float(options["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.startswith("cuda")
+        else torch.autocast("cpu", enabled=False)
+    )
+
+    step, seen, compute_s, epoch_losses = 0, 0, 0.0, []
+    for epoch in range(epochs):
+        losses = []
+        for idx in _batches(n, batch_size, rng):
+            batch_pixels, idx = pixels.batch(idx)
+            if len(idx) < 2:
+                continue
+            t0 = time.perf_counter()
+            enc = tokenizer(
+                [pairs.texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            codes = torch.from_numpy(text_code[idx])
+            with autocast:
+                loss = clip_loss(
+                    model,
+                    torch.from_numpy(batch_pixels).to(device),
+                    enc["input_ids"].to(device),
+                    enc["attention_mask"].to(device),
+                    (codes[:, None] == codes[None, :]).to(device),
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            compute_s += time.perf_counter() - t0
+            losses.append(loss.item())
+            step += 1
+            seen += len(idx)
+            ctx.progress(
+                done=step,
+                total=total,
+                epoch=epoch + 1,
+                loss=round(losses[-1], 4),
+                images_per_s=round(seen / compute_s, 1),
+            )
+        epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
+        ctx.progress(
+            done=step,
+            total=total,
+            force=True,
+            epoch=epoch + 1,
+            loss=round(epoch_losses[-1], 4),
+            images_per_s=round(seen / max(compute_s, 1e-9), 1),
+        )
+
+    out = ctx.workdir / "model"
+    model.to("cpu").eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    info = {
+        **origin,
+        "pairs": n,
+        "skipped": pairs.skipped,
+        "errors": pairs.errors,
+        "epochs": epochs,
+        "steps": step,
+        "train_loss": round(epoch_losses[-1], 4),
+        "epoch_losses": [round(x, 4) for x in epoch_losses],
+        "logit_scale": round(model.logit_scale.exp().item(), 3),
+        "images_per_s": round(seen / max(compute_s, 1e-9), 1),
+        "train_seconds": round(time.monotonic() - started, 2),
+    }
+    version = ctx.save_model(out, int(model.config.projection_dim), info)
+    return {**info, "version": version}
