@@ -6,8 +6,9 @@ a downgrade drops), so it never collides with the user's own Alembic history.
 """
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import create_engine
+
+from alembic import context
 
 config = context.config
 VERSION_TABLE = "pgsight_alembic_version"

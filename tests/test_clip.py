@@ -10,14 +10,14 @@ import numpy as np
 import psycopg
 import pytest
 import torch
+from conftest import wait_for
+from pgsight.db.orm import embedding_column, engine, ml
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-
-from conftest import wait_for
-from pgsight.db.orm import embedding_column, engine, ml
-from pgsight.testing import running_worker
 from tiny_clip import build_tiny_clip
+
+from pgsight.testing import running_worker
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 SHAPES = ["square", "circle"]

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import psycopg
 import pytest
+from conftest import png_bytes, write_png
+from pgsight.worker.images import ImageError, ImageLoader
 from PIL import Image
 
-from conftest import png_bytes, write_png
 from pgsight.testing import running_worker
-from pgsight.worker.images import ImageError, ImageLoader
 
 
 def make_bad_files(root, outside):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgsight.db import migrate
 
 from pgsight import udf
-from pgsight.db import migrate
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
+from conftest import wait_for, write_png
+from pgsight.worker.models.pixels import pixel_vector
 from PIL import Image
 
-from conftest import wait_for, write_png
 from pgsight.testing import running_worker
-from pgsight.worker.models.pixels import pixel_vector
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import sys
 
 import psycopg
 import pytest
-
 from conftest import wait_for, write_png
+
 from pgsight.testing import running_worker
 
 N = 1200

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import psycopg
 import pytest
-
 from conftest import wait_for
+
 from pgsight import datasets
 from pgsight.testing import running_worker
 
@@ -197,7 +197,6 @@ class LocalHost:
 
 def tiny_fit(tmp_path, name, options, host_kw=None):
     import torch
-
     from pgsight.worker.models import simclr_fit, simclr_train
 
     o = simclr_fit.parse_options({**TINY, **options})

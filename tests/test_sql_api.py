@@ -5,8 +5,8 @@ import time
 
 import psycopg
 import pytest
-
 from conftest import write_png
+
 from pgsight.testing import running_worker
 
 

@@ -18,9 +18,8 @@ SENTENCES = [
 
 
 def tiny_clip_config(tokenizer, image_size: int = 32, projection_dim: int = 24, max_length: int = 16):
-    from transformers import CLIPConfig
-
     from pgsight.worker.models.clip_tokenizer import special_token_ids
+    from transformers import CLIPConfig
 
     text = dict(
         hidden_size=32,
@@ -43,10 +42,9 @@ def tiny_clip_config(tokenizer, image_size: int = 32, projection_dim: int = 24, 
 
 def build_tiny_clip(directory: Path, seed: int = 0, image_size: int = 32, projection_dim: int = 24) -> Path:
     import torch
+    from pgsight.worker.models.clip_tokenizer import build_tokenizer
     from transformers import CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    from pgsight.worker.models.clip_tokenizer import build_tokenizer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import platformdirs
 import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageLoader
 from pgsight.worker.registry import ModelCache
 from pgsight.worker.rows import Batch, RowProcessor
 from pgsight.worker.rpc import RpcServer
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 log = logging.getLogger("pgsight.worker")
 

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
-
 from pgsight.worker import store
 from pgsight.worker.models import Adapter, adapter_class
+from psycopg.rows import dict_row
 
 
 class ModelLoadError(Exception):

@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.rows import dict_row
-
 from pgsight.worker.images import ImageError, ImageLoader
 from pgsight.worker.models import Adapter
 from pgsight.worker.registry import ModelCache, ModelLoadError
+from psycopg.rows import dict_row
 
 
 @dataclass

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import psycopg
-
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageError, ImageLoader
 from pgsight.worker.registry import ModelCache

@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-
 from pgsight.worker import store
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageError
 from pgsight.worker.models import kind_module
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from pgsight.worker.loop import Worker
+    from PIL import Image
 
 log = logging.getLogger("pgsight.worker.training")
 

@@ -5,9 +5,9 @@ Revises:
 """
 from __future__ import annotations
 
-from alembic import op
-
 from pgsight.db.schema import apply_files, apply_functions
+
+from alembic import op
 
 revision = "0001"
 down_revision = None

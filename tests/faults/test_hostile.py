@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import io
 import os
-import socket
 import threading
 
 import numpy as np

@@ -7,6 +7,7 @@ import signal
 import time
 
 from conftest import wait_for
+
 from faults.helpers import add_write_log, assert_all_correct, fast_reaping, make_table, start_worker, workers_alive
 from pgsight.testing import running_worker
 
@@ -29,9 +30,9 @@ def test_kill_9_twenty_times_during_a_backfill(conn, dsn, images, slow_kind, fig
     kills, done_at_kill = 0, []
     while kills < 20:
         proc = start_worker(dsn, images, "--batch-size", "25")
-        wait_for(lambda: conn.execute(  # this very worker has claimed rows
+        wait_for(lambda pid=proc.pid: conn.execute(  # this very worker has claimed rows
             "SELECT count(*) FROM ml.queue q JOIN ml.workers w ON w.id = q.claimed_by WHERE w.pid = %s",
-            (proc.pid,)).fetchone()[0] > 0, timeout=60)
+            (pid,)).fetchone()[0] > 0, timeout=60)
         time.sleep(rng.uniform(0.05, 0.6))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -6,9 +6,9 @@ import uuid
 
 import psycopg
 import pytest
+from conftest import png_bytes, wait_for
 from psycopg.conninfo import make_conninfo
 
-from conftest import png_bytes, wait_for
 from pgsight.testing import running_worker
 
 

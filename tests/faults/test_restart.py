@@ -6,11 +6,11 @@ import time
 
 import psycopg
 import pytest
-
 from conftest import wait_for
-from faults.helpers import assert_all_correct, make_table
 from pgsight.db import migrate
 from pgsight.db.embedded import EmbeddedServer
+
+from faults.helpers import assert_all_correct, make_table
 from pgsight.testing import running_worker
 
 

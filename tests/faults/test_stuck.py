@@ -7,6 +7,7 @@ import statistics
 import time
 
 from conftest import wait_for
+
 from faults.helpers import make_table, start_worker
 from pgsight.testing import running_worker
 

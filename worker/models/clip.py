@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from pgsight.worker.models import Adapter
+from PIL import Image
 
 
 def load_parts(source: str) -> tuple[Any, Any, Any]:

@@ -11,8 +11,8 @@ vocab.json / merges.txt files that `AutoTokenizer.from_pretrained` reads back.
 from __future__ import annotations
 
 from collections import Counter
-from itertools import pairwise
 from collections.abc import Iterable
+from itertools import pairwise
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from pgsight.worker.models.clip import load_parts
 from pgsight.worker.models.pairs import Pairs, load_images, read_pairs
 
@@ -83,10 +82,9 @@ def scratch_model(options: dict[str, Any], tokenizer):
 
 def model_to_train(ctx, pairs: Pairs):
     """(model, tokenizer, image processor, description of where it came from)."""
+    from pgsight.worker.models.clip_tokenizer import build_tokenizer
     from transformers import AutoTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    from pgsight.worker.models.clip_tokenizer import build_tokenizer
 
     options = ctx.options
     base = options.get("base")

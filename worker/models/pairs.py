@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from pgsight.worker.images import ImageError
 
 MAX_REPORTED_ERRORS = 5

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from pgsight.worker.models import Adapter, l2_normalize
+from PIL import Image
 
 
 def pixel_vector(image: Image.Image, size: int) -> np.ndarray:

@@ -13,7 +13,6 @@ from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
-
 from pgsight.worker.models.pairs import load_images, read_pairs
 
 OPTIONS = {"image_col", "text_col", "ks", "group_col", "timeout"}

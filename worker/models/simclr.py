@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from pgsight.worker.models import Adapter
+from PIL import Image
 
 #: ResNet layouts by name. `tiny` is for tests; the others are the classic ImageNet layouts.
 ARCHS: dict[str, dict[str, Any]] = {

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pgsight.worker.models import simclr
 
 log = logging.getLogger("pgsight.worker.simclr")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pgsight.worker.images import ImageError
 from pgsight.worker.models import simclr
 from pgsight.worker.models.simclr_fit import TrainOptions, fit, parse_options
