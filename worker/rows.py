@@ -75,9 +75,12 @@ class RowProcessor:
             batch.inputs = [src if present else None for present, src, _ in sources]
         else:
             batch.inputs = [None] * len(rows)
-            chunks = [range(i, len(rows), self.threads) for i in range(self.threads)]
-            for fut in [self.pool.submit(self._load_chunk, batch, sources, c) for c in chunks]:
-                fut.result()
+            if self.threads == 1:  # inline: a handoff per batch costs more than it saves for small images
+                self._load_chunk(batch, sources, range(len(rows)))
+            else:
+                chunks = [range(i, len(rows), self.threads) for i in range(self.threads)]
+                for fut in [self.pool.submit(self._load_chunk, batch, sources, c) for c in chunks]:
+                    fut.result()
         return batch
 
     def _load_chunk(self, batch: Batch, sources: list[tuple], indices: range) -> None:
