@@ -104,8 +104,13 @@ class JobContext:
         """A registered model's adapter (for a `base` or `init` option)."""
         return self.worker.models.get(self.conn, name)
 
+    def model_info(self, name: str) -> dict[str, Any] | None:
+        """A registered model's row (kind, source, options, info, version, ...), or None."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute("SELECT * FROM ml.model_info(%s)", (name,)).fetchone()
+
     def model_exists(self, name: str) -> bool:
-        return self.conn.execute("SELECT count(*) FROM ml.model_info(%s)", (name,)).fetchone()[0] > 0
+        return self.model_info(name) is not None
 
     def model_source_dir(self, name: str) -> str:
         """A directory (or hub id) from which the registered model `name` can be loaded."""

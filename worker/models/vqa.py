@@ -114,9 +114,9 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
     was trained with, else image_path/question/answers), batch_size (default 64). Rows whose image
     cannot be read, or whose answers cannot be parsed, are left out and counted ('skipped')."""
     model_name = ctx.job["model"]
-    trained = ctx.conn.execute("SELECT options FROM ml.model_info(%s)", (model_name,)).fetchone()
+    trained = ctx.model_info(model_name)
     defaults = {"image_col": "image_path", "question_col": "question", "answers_col": "answers"}
-    defaults.update({k: v for k, v in ((trained[0] if trained else None) or {}).items() if k in defaults and v})
+    defaults.update({k: v for k, v in ((trained or {}).get("options") or {}).items() if k in defaults and v})
     opts = {**defaults, **{k: v for k, v in ctx.options.items() if k in defaults and v}}
     batch = int(ctx.options.get("batch_size") or 64)
     if batch < 1:
