@@ -5,6 +5,7 @@ from pathlib import Path
 
 import psycopg
 from alembic.config import Config
+from pgsight.db import schema
 from sqlalchemy import create_engine, pool
 
 from alembic import command
@@ -44,10 +45,21 @@ def _run(dsn: str, fn, *args) -> None:
     engine.dispose()
 
 
+def head() -> str:
+    """The newest revision this pgsight ships."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
 def upgrade(dsn: str, revision: str = HEAD) -> None:
-    """Bring the database to `revision` (default: the newest). A no-op when it is there already."""
+    """Bring the database to `revision` (default: the newest). At the newest revision already, only
+    function files that changed since the last migration are re-applied (cheap when none did)."""
     _check_server(dsn)
     _run(dsn, command.upgrade, revision)
+    if revision == HEAD:
+        with psycopg.connect(dsn) as conn:
+            schema.sync_functions(conn)
 
 
 def downgrade(dsn: str, revision: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pgsight.db import migrate
+from pgsight.db import migrate, schema
 
 from pgsight import udf
 
@@ -30,7 +30,7 @@ def ml_objects(dsn):
 def test_upgrade_downgrade_upgrade(blank_db):
     assert migrate.current(blank_db) is None
     migrate.upgrade(blank_db)
-    assert migrate.current(blank_db) == "0001"
+    assert migrate.current(blank_db) == migrate.head()
     functions = ml_objects(blank_db)
     assert functions > 40
     migrate.upgrade(blank_db)  # a no-op
@@ -47,13 +47,49 @@ def test_upgrade_downgrade_upgrade(blank_db):
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass AND NOT tgisinternal").fetchone()[0] == 0
         conn.execute("INSERT INTO t VALUES (1, 'x')")  # no dangling trigger
     migrate.upgrade(blank_db)
-    assert migrate.current(blank_db) == "0001" and ml_objects(blank_db) == functions
+    assert migrate.current(blank_db) == migrate.head() and ml_objects(blank_db) == functions
 
 
 def test_every_sql_file_is_applied():
     folder = Path(udf.__file__).parent
     files = {p.name for p in folder.glob("*.sql")}
     assert files == {"schema.sql", *udf.FUNCTION_FILES}, "a udf/*.sql file is not applied by the migrations"
+    # each run-once change is the body of exactly one revision
+    changes = sorted(p.name for p in (folder / "changes").glob("*.sql"))
+    revisions = sorted(p.read_text() for p in (migrate.migrations_dir() / "versions").glob("0*.py"))
+    used = [c for c in changes if sum(f'"{c}"' in r for r in revisions) == 1]
+    assert used == changes, "a udf/changes/*.sql file is not the body of exactly one revision"
+
+
+def function_body(dsn, name):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT prosrc FROM pg_proc WHERE oid = %s::regproc", (name,)).fetchone()[0]
+
+
+def make_older(conn, name):
+    """Replace a function by the same one with another body (an extra comment line)."""
+    definition = conn.execute("SELECT pg_get_functiondef(%s::regproc)", (name,)).fetchone()[0]
+    conn.execute(definition.replace("$function$\n", "$function$\n-- an older release\n", 1))
+
+
+def test_migrate_delivers_changed_function_bodies(blank_db):
+    """A database at the newest revision gets function files that changed since its last migration."""
+    migrate.upgrade(blank_db)
+    good = function_body(blank_db, "ml.wait")
+    # the state of a database migrated by an older pgsight: an older body and that release's digest
+    with psycopg.connect(blank_db, autocommit=True) as conn:
+        make_older(conn, "ml.wait")
+        conn.execute("UPDATE ml.schema_info SET functions_sha256 = 'digest-of-an-older-release'")
+    assert function_body(blank_db, "ml.wait") != good
+    migrate.upgrade(blank_db)
+    assert function_body(blank_db, "ml.wait") == good
+    with psycopg.connect(blank_db) as conn:
+        assert conn.execute("SELECT functions_sha256 FROM ml.schema_info").fetchone()[0] == schema.functions_digest()
+    # unchanged files: nothing is re-applied (the hand-made body stays)
+    with psycopg.connect(blank_db, autocommit=True) as conn:
+        make_older(conn, "ml.wait")
+    migrate.upgrade(blank_db)
+    assert function_body(blank_db, "ml.wait") != good
 
 
 def test_migrate_refuses_server_without_pgvector(monkeypatch, blank_db):
