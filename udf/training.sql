@@ -28,9 +28,7 @@ BEGIN
         IF key IN ('batch_size', 'max_epochs') AND (jsonb_typeof(val) <> 'number' OR val::numeric < 1 OR val::numeric <> trunc(val::numeric)) THEN
             RAISE EXCEPTION 'pgsight: option % must be a positive integer, got %', key, val;
         END IF;
-        IF key IN ('learning_rate', 'temperature') AND val::numeric <= 0 THEN
-            RAISE EXCEPTION 'pgsight: option % must be positive, got %', key, val;
-        END IF;
+        PERFORM ml._check_option(key, val);  -- its valid range (udf/options.sql)
     END LOOP;
     RETURN defaults || options;
 END $$;
@@ -57,18 +55,13 @@ BEGIN
     RETURN cols;
 END $$;
 
--- Insert a job; with `alone` it commits on its own (ml.wait works in the same statement).
+-- Insert a job, in the caller's transaction (`alone` is ignored: kept for the signature).
 CREATE OR REPLACE FUNCTION ml._submit_job(kind text, model text, params jsonb, alone boolean) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     jid bigint;
 BEGIN
-    IF alone THEN
-        jid := ml._autonomous(format('INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id',
-                                     kind, model, params))::bigint;
-    ELSE
-        INSERT INTO ml.jobs (kind, model, params) VALUES (kind, model, params) RETURNING id INTO jid;
-    END IF;
+    INSERT INTO ml.jobs (kind, model, params) VALUES (kind, model, params) RETURNING id INTO jid;
     PERFORM pg_notify('ml_work', 'job');
     RETURN jid;
 END $$;
@@ -78,7 +71,6 @@ END $$;
 CREATE OR REPLACE FUNCTION ml.build_model(name text, kind text, query text, options jsonb DEFAULT '{}')
 RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    alone boolean := ml._may_commit_alone();  -- decided before _query_columns writes a temp view
     opts jsonb;
     cols text[];
     key text;
@@ -111,7 +103,7 @@ BEGIN
     END LOOP;
     RETURN ml._submit_job('train', name, pg_catalog.jsonb_build_object('kind', kind, 'query', query, 'options', opts,
                                                                'search_path', pg_catalog.current_setting('search_path')),
-                          alone);
+                          false);
 END $$;
 
 -- Worker: a training job finished; its weights were written under ml.blobs 'job/<id>/model/'.

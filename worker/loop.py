@@ -75,6 +75,7 @@ class Worker:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pgsight-write")
         self.rows_done = 0
         self.batches_done = 0
+        self.errors = 0  # unexpected errors survived (see run)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -105,6 +106,17 @@ class Worker:
                     backoff = 0.5
                 except psycopg.OperationalError as e:
                     log.warning("database connection lost (%s); retrying in %.1fs", e, backoff)
+                    lost = True
+                    self._close_conns()
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 10)
+                except Exception as e:  # data or DDL never stops the worker
+                    # Errors of a row, a batch or a task are attributed in SQL (ml.claim, ml._write_back)
+                    # and in RowProcessor.write; what reaches here is unexpected: log it, hand back
+                    # what this worker holds (the rows' attempts were counted, so a poison row is
+                    # dead-lettered after max_attempts) and go on after a pause.
+                    log.exception("unexpected error, going on in %.1fs: %s", backoff, e)
+                    self.errors += 1
                     lost = True
                     self._close_conns()
                     self.stop.wait(backoff)
