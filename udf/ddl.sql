@@ -73,6 +73,16 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, ml AS $$
             OR (rows > 1 AND (SELECT count(DISTINCT e) FROM unnest(errs) e) = 1))
 $$;
 
+-- Tasks failing as a whole, for `pgsight status` (and psql).
+CREATE OR REPLACE FUNCTION ml.status_failing()
+RETURNS TABLE (table_name text, result_col text, failures int, error text, failed_at timestamptz, retry_in interval)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+BEGIN
+    RETURN QUERY SELECT t.table_name::text, t.result_col, t.failures, t.error, t.failed_at,
+                        greatest(t.not_before - now(), interval '0')
+                 FROM ml.tasks t WHERE t.state = 'failing' ORDER BY t.failed_at DESC;
+END $$;
+
 -- ALTER TABLE on a table with pgsight columns: follow renames (names refreshed from attribute numbers,
 -- the key's type too) and retry a failing task at once (the user may just have fixed it).
 CREATE OR REPLACE FUNCTION ml._on_ddl_end() RETURNS event_trigger

@@ -8,6 +8,7 @@ import pytest
 from conftest import wait_for
 
 from faults.isolation import Env, wrong_rows
+from pgsight.status import hints, snapshot
 
 
 @pytest.fixture
@@ -113,6 +114,8 @@ def test_a_task_that_fails_as_a_whole_backs_off_and_resumes(env, conn, images):
     wait_for(lambda: conn.execute("SELECT state = 'failing' AND error LIKE '%%maintenance%%' FROM ml.tasks "
                                   "WHERE table_name = 't'::regclass").fetchone()[0], timeout=30)
     env.assert_serving()  # other tables go on
+    assert any("t.embedding is failing as a whole" in h and "maintenance: no writes" in h
+               for h in hints(snapshot(conn)))  # what `pgsight status` says
     assert conn.execute("SELECT count(*) FROM ml.queue q JOIN ml.tasks t ON t.id = q.task_id "
                         "WHERE t.table_name = 't'::regclass").fetchone()[0] == 30  # nothing lost
     conn.execute("DROP TRIGGER refuse ON t")  # the fix
