@@ -85,8 +85,9 @@ END $$;
 
 -- ALTER TABLE on a table with pgsight columns: follow renames (names refreshed from attribute numbers,
 -- the key's type too) and retry a failing task at once (the user may just have fixed it).
+-- SECURITY DEFINER: the user altering their table may not write ml.tasks; it never fails their DDL.
 CREATE OR REPLACE FUNCTION ml._on_ddl_end() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     tid int;
     t ml.tasks;
@@ -106,6 +107,9 @@ BEGIN
             PERFORM ml._queue_missing(tid);  -- ATTACH PARTITION brings rows no trigger saw
         END IF;
     END LOOP;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'pgsight: could not follow this ALTER TABLE: %', SQLERRM
+        USING HINT = 'the worker looks columns up by number anyway; see ml.tasks';
 END $$;
 
 -- Queue the rows of a task that have a source, no result, no queue entry and no recorded error
@@ -135,9 +139,9 @@ END $$;
 
 -- A user table, a result column, or the source or key column a task reads, dropped with plain DDL,
 -- takes its pgsight task along. Queue rows a worker holds at this moment are skipped (never waited
--- for: no deadlock with ml.claim) and cleaned up by ml.reap.
+-- for: no deadlock with ml.claim) and cleaned up by ml.reap. SECURITY DEFINER, as ml._on_ddl_end.
 CREATE OR REPLACE FUNCTION ml._on_sql_drop() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     gone int[];
 BEGIN
@@ -156,6 +160,8 @@ BEGIN
         WHERE task_id = ANY (gone) AND status IN ('queued', 'running');
         DELETE FROM ml.tasks WHERE id = ANY (gone);
     END IF;
+EXCEPTION WHEN OTHERS THEN  -- never in the way of the user's DROP; orphans are ignored by the worker
+    RAISE WARNING 'pgsight: could not forget the pgsight columns of what was dropped: %', SQLERRM;
 END $$;
 
 DO $$

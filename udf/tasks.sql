@@ -229,7 +229,7 @@ DECLARE
     t ml.tasks;
 BEGIN
     FOR tid IN SELECT c.id FROM ml.tasks c
-               WHERE c.index_state = 'pending'
+               WHERE c.index_state = 'pending' AND (c.not_before IS NULL OR c.not_before <= now())
                  AND NOT EXISTS (SELECT 1 FROM ml.queue q JOIN ml.jobs j ON j.id = q.job_id
                                  WHERE j.task_id = c.id AND j.kind = 'backfill') LOOP
         t := ml._task(tid);
@@ -241,6 +241,11 @@ BEGIN
             RETURN tid;
         EXCEPTION WHEN lock_not_available THEN
             NULL;  -- the table is busy (a user's DDL): next time
+        WHEN insufficient_privilege THEN  -- only the table's owner may: the column stays without index
+            UPDATE ml.tasks SET index_state = 'none', error = format(
+                'no HNSW index: the worker (role %s) may not build it (%s); the owner can: SELECT ml._create_index(%s)',
+                current_user, SQLERRM, tid) WHERE id = tid;
+            PERFORM ml.finish_jobs();
         WHEN OTHERS THEN
             PERFORM ml._task_failed(tid, 'building the index: ' || SQLERRM, NULL);
         END;
