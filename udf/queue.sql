@@ -102,9 +102,11 @@ BEGIN
     FOR cand IN
         SELECT c.id FROM (
             SELECT tk.id, (SELECT q.id FROM ml.queue q
-                           WHERE q.task_id = tk.id AND (q.lease_until IS NULL OR q.lease_until < now())
+                           WHERE (q.task_id, q.id) > (tk.id, 0) AND q.task_id <= tk.id  -- = tk.id, but
+                             -- written so that the plan walks queue_task_idx, not the whole primary key
+                             AND (q.lease_until IS NULL OR q.lease_until < now())
                              AND (q.not_before IS NULL OR q.not_before <= now())
-                           ORDER BY q.id LIMIT 1) AS head
+                           ORDER BY q.task_id, q.id LIMIT 1) AS head
             FROM ml.tasks tk WHERE tk.not_before IS NULL OR tk.not_before <= now()) c
         WHERE c.head IS NOT NULL ORDER BY c.head
     LOOP
@@ -120,9 +122,10 @@ BEGIN
         END;
         WITH c AS (
             SELECT q.id FROM ml.queue q
-            WHERE q.task_id = cand AND (q.lease_until IS NULL OR q.lease_until < now())
+            WHERE (q.task_id, q.id) > (cand, 0) AND q.task_id <= cand  -- = cand (see above)
+              AND (q.lease_until IS NULL OR q.lease_until < now())
               AND (q.not_before IS NULL OR q.not_before <= now())
-            ORDER BY q.id LIMIT n FOR UPDATE SKIP LOCKED
+            ORDER BY q.task_id, q.id LIMIT n FOR UPDATE SKIP LOCKED
         ), u AS (
             UPDATE ml.queue q SET lease_until = lease_end, claimed_by = worker, attempts = q.attempts + 1
             FROM c WHERE q.id = c.id
