@@ -27,13 +27,13 @@ BEGIN
     IF NOT FOUND OR val IS NULL OR jsonb_typeof(val) = 'null' THEN
         RETURN;
     END IF;
-    range_text := format('%s %s %s and %s', CASE WHEN r.whole THEN 'an integer' ELSE 'a number' END,
+    range_text := format('%s%s %s %s and %s', CASE WHEN r.above THEN 'positive: ' ELSE '' END,
+                         CASE WHEN r.whole THEN 'an integer' ELSE 'a number' END,
                          CASE WHEN r.above THEN 'above' ELSE 'between' END, r.low,
                          CASE WHEN r.above THEN 'at most ' ELSE '' END || r.high);
     IF jsonb_typeof(val) <> 'number' OR (r.whole AND val::numeric <> trunc(val::numeric))
        OR val::numeric > r.high OR val::numeric < r.low OR (r.above AND val::numeric = r.low) THEN
-        RAISE EXCEPTION 'pgsight: option % must be %, got %', key, range_text, val
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'pgsight: option % must be %, got %', key, range_text, val;
     END IF;
 END $$;
 
@@ -52,12 +52,10 @@ BEGIN
         IF known IS NOT NULL AND key <> 'overwrite' AND NOT key = ANY (known) THEN
             RAISE EXCEPTION 'pgsight: unknown option % for loading a % model', quote_literal(key), kind
                 USING HINT = 'options of ml.load_model for ' || kind || ': '
-                             || array_to_string(known || '{overwrite}'::text[], ', '),
-                      ERRCODE = 'invalid_parameter_value';
+                             || array_to_string(known || '{overwrite}'::text[], ', ');
         END IF;
         IF key = 'overwrite' AND jsonb_typeof(val) <> 'boolean' THEN
-            RAISE EXCEPTION 'pgsight: option overwrite must be true or false, got %', val
-                USING ERRCODE = 'invalid_parameter_value';
+            RAISE EXCEPTION 'pgsight: option overwrite must be true or false, got %', val;
         END IF;
         PERFORM ml._check_option(key, val);
     END LOOP;

@@ -184,7 +184,7 @@ def test_index_names_are_unique_and_checked(env, conn):
     ("SELECT ml.build_model('m', 'simclr', 'SELECT 1 AS image_path', '{\"max_epochs\": 1e9}')",
      "option max_epochs must be an integer between 1 and 10000, got 1000000000"),
     ("SELECT ml.build_model('m', 'simclr', 'SELECT 1 AS image_path', '{\"learning_rate\": 0}')",
-     "option learning_rate must be a number above 0 and at most 10"),
+     "option learning_rate must be positive: a number above 0 and at most 10"),
 ])
 def test_bad_option_values_are_refused_at_submission(conn, call, message):
     with pytest.raises(psycopg.Error, match=message):
