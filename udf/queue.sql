@@ -241,8 +241,10 @@ SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
     t ml.tasks := ml._task(tid);
     upd text;
-    locked text[];
-    mine int[];
+    wrote text[] := '{}';
+    w text[];
+    rest text[];
+    lockable text[];
     later bigint[];
     done_ids bigint[];
     done_keys text[];
@@ -251,90 +253,82 @@ DECLARE
     states text[] := '{}';
     st text;
     msg text;
-    cnt int;
-    n int := 0;
+    ix int;
 BEGIN
     IF t.id IS NULL THEN
         PERFORM ml._complete(worker, queue_ids, false);
         RETURN 0;
     END IF;
+    -- one statement: lock the rows no one else holds (SKIP LOCKED), write those whose source is unchanged
+    upd := format(
+        'WITH l AS (SELECT y.%I AS k FROM %s y WHERE y.%I = ANY ($1::%s[]) FOR UPDATE SKIP LOCKED),
+              v AS MATERIALIZED (SELECT v.* FROM unnest($1::text[], $2::text[], $3::vector[], $4::text[], $5::real[])
+                                 AS v(key, h, vec, answer, score) WHERE v.key::%s IN (SELECT l.k FROM l)),
+              w AS (UPDATE %s x SET %s FROM v
+                    WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h
+                    RETURNING v.key)
+         SELECT coalesce(array_agg(w.key), ''{}'') FROM w',
+        t.key_col, t.table_name, t.key_col, t.key_type, t.key_type, t.table_name,
+        CASE WHEN t.kind = 'embedding' THEN format('%I = v.vec', t.result_col)
+             ELSE format('%I = v.answer, %I = v.score', t.result_col, t.result_col || '_score') END,
+        t.key_col, t.key_type, t.key_col, t.key_type, t.source_col);
     BEGIN
-        EXECUTE format('SELECT array_agg(x.%I::text) FROM (SELECT %I FROM %s WHERE %I = ANY ($1::%s[]) '
-                       'FOR UPDATE SKIP LOCKED) x', t.key_col, t.key_col, t.table_name, t.key_col, t.key_type)
-        INTO locked USING keys;
-    EXCEPTION WHEN lock_not_available THEN  -- the table itself is held (DDL): all of them later
+        EXECUTE upd INTO wrote USING keys, hashes, vecs, answers, scores;
+    EXCEPTION WHEN lock_not_available THEN  -- the table itself is held (a user's DDL): all of them later
         UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
             not_before = now() + interval '1 second'
         WHERE id = ANY (queue_ids) AND claimed_by = worker;
         RETURN 0;
     WHEN OTHERS THEN
-        PERFORM ml._task_failed(tid, 'writing back: ' || SQLERRM, queue_ids);
-        RETURN 0;
+        FOR ix IN 1 .. cardinality(keys) LOOP  -- which rows? one by one
+            BEGIN
+                EXECUTE upd INTO w USING ARRAY[keys[ix]], ARRAY[hashes[ix]], ARRAY[vecs[ix]], ARRAY[answers[ix]],
+                                         ARRAY[scores[ix]];
+                wrote := wrote || w;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                bad := bad || ix;
+                errs := errs || ('writing the result: ' || msg);
+                states := states || st;
+            END;
+        END LOOP;
+        IF ml._task_level(states, errs, cardinality(keys)) THEN
+            PERFORM ml._task_failed(tid, errs[1], queue_ids);
+            RETURN 0;
+        END IF;
     END;
-    SELECT array_agg(i ORDER BY i) INTO mine FROM generate_subscripts(keys, 1) i WHERE keys[i] = ANY (locked);
-    mine := coalesce(mine, '{}');
-    -- rows a user transaction holds: later, without counting the attempt (deleted rows: nothing to write)
-    EXECUTE format('SELECT array_agg(q.id) FROM unnest($1::bigint[], $2::text[]) AS q(id, key) '
-                   'WHERE NOT q.key = ANY ($3) AND EXISTS (SELECT FROM %s y WHERE y.%I = q.key::%s)',
-                   t.table_name, t.key_col, t.key_type)
-    INTO later USING queue_ids, keys, coalesce(locked, '{}');
-    IF later IS NOT NULL THEN
-        UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
-            not_before = now() + interval '1 second'
-        WHERE id = ANY (later) AND claimed_by = worker;
+    -- rows not written: deleted, source changed (queued again: done here), or held by a user transaction
+    -- (handed back for a retry in a second, without counting the attempt)
+    SELECT array_agg(keys[i]) INTO rest FROM generate_subscripts(keys, 1) i
+    WHERE NOT keys[i] = ANY (wrote) AND NOT i = ANY (bad);
+    IF rest IS NOT NULL THEN
+        EXECUTE format('SELECT array_agg(y.%I::text) FROM %s y WHERE y.%I = ANY ($1::%s[])',
+                       t.key_col, t.table_name, t.key_col, t.key_type) INTO lockable USING rest;
+        EXECUTE format('SELECT array_agg(k) FROM unnest($1::text[]) k WHERE NOT EXISTS '
+                       '(SELECT FROM (SELECT 1 FROM %s y WHERE y.%I = k::%s FOR UPDATE SKIP LOCKED) z)',
+                       t.table_name, t.key_col, t.key_type) INTO lockable USING lockable;
+        SELECT array_agg(queue_ids[i]) INTO later FROM generate_subscripts(keys, 1) i
+        WHERE keys[i] = ANY (coalesce(lockable, '{}'));
+        IF later IS NOT NULL THEN
+            UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
+                not_before = now() + interval '1 second'
+            WHERE id = ANY (later) AND claimed_by = worker;
+        END IF;
     END IF;
-
-    upd := format(
-        'UPDATE %s x SET %s FROM unnest($1::text[], $2::text[], $3::vector[], $4::text[], $5::real[])
-                                 AS v(key, h, vec, answer, score)
-         WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h',
-        t.table_name,
-        CASE WHEN t.kind = 'embedding' THEN format('%I = v.vec', t.result_col)
-             ELSE format('%I = v.answer, %I = v.score', t.result_col, t.result_col || '_score') END,
-        t.key_col, t.key_type, t.key_col, t.key_type, t.source_col);
-    IF cardinality(mine) > 0 THEN
-        BEGIN
-            EXECUTE upd USING ARRAY(SELECT keys[i] FROM unnest(mine) i), ARRAY(SELECT hashes[i] FROM unnest(mine) i),
-                ARRAY(SELECT vecs[i] FROM unnest(mine) i), ARRAY(SELECT answers[i] FROM unnest(mine) i),
-                ARRAY(SELECT scores[i] FROM unnest(mine) i);
-            GET DIAGNOSTICS n = ROW_COUNT;
-        EXCEPTION WHEN OTHERS THEN
-            n := 0;
-            FOREACH cnt IN ARRAY mine LOOP  -- which rows? one by one
-                BEGIN
-                    EXECUTE upd USING ARRAY[keys[cnt]], ARRAY[hashes[cnt]], ARRAY[vecs[cnt]], ARRAY[answers[cnt]],
-                                      ARRAY[scores[cnt]];
-                    n := n + 1;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
-                    bad := bad || cnt;
-                    errs := errs || ('writing the result: ' || msg);
-                    states := states || st;
-                END;
-            END LOOP;
-            IF ml._task_level(states, errs, cardinality(mine)) THEN
-                PERFORM ml._task_failed(tid, errs[1], ARRAY(SELECT queue_ids[i] FROM unnest(mine) i));
-                mine := '{}';
-                bad := '{}';
-            END IF;
-        END;
-    END IF;
-    FOR cnt IN SELECT generate_subscripts(bad, 1) LOOP
-        PERFORM ml.retry_rows(worker, tid, ARRAY[queue_ids[bad[cnt]]], errs[cnt]);
+    FOR ix IN 1 .. cardinality(bad) LOOP
+        PERFORM ml.retry_rows(worker, tid, ARRAY[queue_ids[bad[ix]]], errs[ix]);
     END LOOP;
-    -- written rows and rows gone from the table are finished
     SELECT array_agg(queue_ids[i]), array_agg(keys[i]) INTO done_ids, done_keys
     FROM generate_subscripts(queue_ids, 1) i
-    WHERE NOT i = ANY (bad) AND NOT queue_ids[i] = ANY (coalesce(later, '{}'))
-      AND (i = ANY (mine) OR NOT keys[i] = ANY (coalesce(locked, '{}')));
+    WHERE NOT i = ANY (bad) AND NOT queue_ids[i] = ANY (coalesce(later, '{}'));
     IF done_ids IS NOT NULL THEN
         PERFORM ml._forget_errors(tid, done_keys);
         PERFORM ml._complete(worker, done_ids, false);
     END IF;
-    IF cardinality(mine) > 0 AND cardinality(bad) < cardinality(mine) THEN
+    IF cardinality(wrote) > 0 THEN
         PERFORM ml._task_ok(tid);
     END IF;
-    RETURN n;
+    RETURN cardinality(wrote);
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.write_embeddings(worker bigint, tid int, queue_ids bigint[], keys text[],
