@@ -243,8 +243,8 @@ DECLARE
     upd text;
     wrote text[] := '{}';
     w text[];
-    rest text[];
-    lockable text[];
+    rest_ix int[];
+    later_ix int[];
     later bigint[];
     done_ids bigint[];
     done_keys text[];
@@ -297,19 +297,18 @@ BEGIN
             RETURN 0;
         END IF;
     END;
-    -- rows not written: deleted, source changed (queued again: done here), or held by a user transaction
-    -- (handed back for a retry in a second, without counting the attempt)
-    SELECT array_agg(keys[i]) INTO rest FROM generate_subscripts(keys, 1) i
+    -- rows not written: deleted or source changed since (done: a change queued the row again), or held
+    -- by a user transaction (handed back for a retry in a second, without counting the attempt). Told
+    -- apart by the committed source, never by a lock that may have been released meanwhile.
+    SELECT array_agg(i) INTO rest_ix FROM generate_subscripts(keys, 1) i
     WHERE NOT keys[i] = ANY (wrote) AND NOT i = ANY (bad);
-    IF rest IS NOT NULL THEN
-        EXECUTE format('SELECT array_agg(y.%I::text) FROM %s y WHERE y.%I = ANY ($1::%s[])',
-                       t.key_col, t.table_name, t.key_col, t.key_type) INTO lockable USING rest;
-        EXECUTE format('SELECT array_agg(k) FROM unnest($1::text[]) k WHERE NOT EXISTS '
-                       '(SELECT FROM (SELECT 1 FROM %s y WHERE y.%I = k::%s FOR UPDATE SKIP LOCKED) z)',
-                       t.table_name, t.key_col, t.key_type) INTO lockable USING lockable;
-        SELECT array_agg(queue_ids[i]) INTO later FROM generate_subscripts(keys, 1) i
-        WHERE keys[i] = ANY (coalesce(lockable, '{}'));
-        IF later IS NOT NULL THEN
+    IF rest_ix IS NOT NULL THEN
+        EXECUTE format('SELECT array_agg(q.i) FROM unnest($1::int[], $2::text[], $3::text[]) AS q(i, key, h) '
+                       'WHERE EXISTS (SELECT FROM %s y WHERE y.%I = q.key::%s AND md5(y.%I) IS NOT DISTINCT FROM q.h)',
+                       t.table_name, t.key_col, t.key_type, t.source_col)
+        INTO later_ix USING rest_ix, ARRAY(SELECT keys[i] FROM unnest(rest_ix) i), ARRAY(SELECT hashes[i] FROM unnest(rest_ix) i);
+        later := ARRAY(SELECT queue_ids[i] FROM unnest(coalesce(later_ix, '{}')) i);
+        IF cardinality(later) > 0 THEN
             UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
                 not_before = now() + interval '1 second'
             WHERE id = ANY (later) AND claimed_by = worker;
