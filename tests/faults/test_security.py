@@ -243,3 +243,49 @@ def test_security_definer_functions_are_reviewed(conn):
     for name, config in rows:
         pinned = [c for c in (config or []) if c.startswith("search_path=")]
         assert pinned and "pg_temp" not in pinned[0].split("=", 1)[1].split(",")[0], name
+
+
+def test_worker_login_role_is_provisioned_and_superuser_warned(dsn, images, tmp_path):
+    """`pgsight migrate --worker-role NAME` makes a pgsight_worker LOGIN role (password from the
+    environment) and prints its DSN; `pgsight worker` on a superuser connection warns loudly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    name = f"wrk_{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PGSIGHT_WORKER_PASSWORD": "s3cret'pw"}
+    r = subprocess.run([sys.executable, "-m", "pgsight.cli", "migrate", "--dsn", dsn, "--worker-role", name],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    printed = conninfo_to_dict(r.stdout.strip())
+    assert printed["user"] == name and printed["password"] == "$PGSIGHT_WORKER_PASSWORD"  # not the password itself
+    try:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            row = admin.execute("SELECT rolcanlogin, rolsuper, rolcreaterole, rolbypassrls, rolpassword IS NOT NULL, "
+                                "pg_has_role(rolname, 'pgsight_worker', 'MEMBER') FROM pg_authid WHERE rolname = %s",
+                                (name,)).fetchone()
+            assert row == (True, False, False, False, True, True)
+            # the same role again: idempotent; a superuser's name is refused
+            from pgsight.db.roles import is_superuser, provision_worker_role
+
+            worker_dsn = provision_worker_role(dsn, name, password="")
+            assert not is_superuser(worker_dsn) and is_superuser(dsn)
+            with pytest.raises(RuntimeError, match="is a superuser"):
+                provision_worker_role(dsn, "postgres")
+        proc = subprocess.Popen([sys.executable, "-m", "pgsight.cli", "worker", "--dsn", dsn, "--image-root", str(images)],
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline, seen = time.monotonic() + 60, ""
+            while time.monotonic() < deadline and "SUPERUSER" not in seen:
+                seen += proc.stderr.readline()
+            assert "SUPERUSER" in seen and "--allow-superuser" in seen
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {name}")
