@@ -122,6 +122,9 @@ def test_training_reads_only_the_snapshot(dsn, tenants, worker_dsn):
               "AS $$BEGIN RETURN QUERY SELECT 0, s FROM public.secret; END$$")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         a.execute(f"INSERT INTO ml.snapshot_{job} VALUES (99, '/etc/passwd')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # nor may tenant_b read it, nor drop it
+        tenants["b"].execute(f"SELECT * FROM ml.snapshot_{job}")
+    assert tenants["b"].execute("SELECT ml._snapshot_drop(%s)", (job,)).fetchone()[0] is False
     params = a.execute("SELECT params FROM ml.jobs WHERE id = %s", (job,)).fetchone()[0]
     assert params["rows"] == 4
     with running_worker(worker_dsn, [tenants["images"]]):
@@ -201,6 +204,9 @@ def test_tenants_see_and_change_only_their_own(dsn, tenants):
     for sql, args in forged:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             a.execute(sql, args)
+    # the helpers anyone may call touch only what is over: b's column exists, so her task stays
+    assert a.execute("SELECT ml._tasks_forget(NULL)").fetchone()[0] == 0
+    assert b.execute("SELECT count(*) FROM ml.tasks").fetchone()[0] == 1
     # a trigger of her own that points pgsight's queue trigger at b's task queues nothing
     pics(a, "a_pics")
     tid_b = b.execute("SELECT id FROM ml.tasks").fetchone()[0]
