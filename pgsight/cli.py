@@ -139,8 +139,15 @@ def worker(dsn: Optional[str] = DsnOpt,
     from pgsight.db.dsn import resolve
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _run_worker(resolve(dsn, start=False), image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs,
-                allow_superuser)
+    target = resolve(dsn, start=False)
+    if not dsn and not os.environ.get("PGSIGHT_DSN"):  # the embedded server: its worker logs in as no superuser
+        from pgsight.db.roles import DEFAULT_WORKER_ROLE, provision_worker_role
+
+        try:
+            target = provision_worker_role(target, DEFAULT_WORKER_ROLE)
+        except RuntimeError as e:  # not migrated yet: the worker says what is missing
+            logging.getLogger("pgsight.worker").warning("%s", e)
+    _run_worker(target, image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs, allow_superuser)
 
 
 @app.command()
