@@ -219,7 +219,8 @@ DECLARE
     t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = TG_ARGV[0]::int);
     n bigint;
 BEGIN
-    IF t.id IS NULL OR t.table_name <> TG_RELID THEN  -- a trigger some user pointed at another's task
+    -- the task's table (or a partition of it), not a trigger some user pointed at another's task
+    IF t.id IS NULL OR t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('INSERT INTO ml.queue (task_id, key) SELECT %s, %I::text FROM new_rows WHERE %I IS NOT NULL',
@@ -236,7 +237,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     k text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = TG_ARGV[0]::int AND t.table_name = TG_RELID) THEN
+    IF NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = TG_ARGV[0]::int
+                   AND t.table_name IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
         RETURN NULL;  -- a trigger some user pointed at another's task
     END IF;
     EXECUTE format('SELECT ($1).%I::text', TG_ARGV[1]) USING NEW INTO k;

@@ -219,6 +219,23 @@ def test_tenants_see_and_change_only_their_own(dsn, tenants):
     assert b.execute("SELECT ml.cancel(%s)", (job_b,)).fetchone()[0] == "cancelled"
 
 
+def test_queue_triggers_still_work_for_any_writer_and_for_partitions(dsn, tenants):
+    """The guard against hijacked queue triggers keeps the real ones working: a partitioned table of
+    tenant_a's, written by tenant_b (granted INSERT/UPDATE only), queues its new and changed rows."""
+    a, b = tenants["a"], tenants["b"]
+    a.execute("CREATE TABLE a_pics (id int PRIMARY KEY, image_path text) PARTITION BY RANGE (id)")
+    a.execute("CREATE TABLE a_pics_1 PARTITION OF a_pics FOR VALUES FROM (0) TO (100)")
+    a.execute("INSERT INTO a_pics SELECT i, i || '.png' FROM generate_series(0, 2) i")
+    a.execute("SELECT ml.load_model('pxa', 'pixels', NULL, '{\"size\": 4}')")
+    a.execute("SELECT ml.create_embedding('a_pics', 'pxa', 'image_path')")
+    a.execute(f"GRANT SELECT, INSERT, UPDATE ON a_pics TO {tenants['names']['tenant_b']}")
+    assert a.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == 3
+    b.execute("INSERT INTO a_pics VALUES (50, '5.png')")
+    b.execute("UPDATE a_pics SET image_path = '6.png' WHERE id = 1")
+    assert a.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == 5
+    assert b.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == 0  # queued for tenant_a, not shown to b
+
+
 def test_hostile_names_and_types(tenants):
     """Quotes in a model or column name, a user-defined type in a training query."""
     a = tenants["a"]
