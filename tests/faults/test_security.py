@@ -215,8 +215,21 @@ def test_tenants_see_and_change_only_their_own(dsn, tenants):
     before = b.execute("SELECT count(*) FROM ml.queue").fetchone()[0]
     a.execute("INSERT INTO a_pics VALUES (100, 'x.png')")
     assert b.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == before
-    # b still has everything, and may cancel her own job
-    assert b.execute("SELECT ml.cancel(%s)", (job_b,)).fetchone()[0] == "cancelled"
+    # b still has everything; pgsight_admin sees every row and may cancel anyone's job
+    assert b.execute("SELECT status FROM ml.jobs WHERE id = %s", (job_b,)).fetchone()[0] == "queued"
+    boss = f"boss_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {boss} LOGIN IN ROLE pgsight_user, pgsight_admin")
+    try:
+        with psycopg.connect(make_conninfo(dsn, user=boss), autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM ml.jobs WHERE id = %s", (job_b,)).fetchone()[0] == 1
+            assert c.execute("SELECT count(*) FROM ml.errors").fetchone()[0] == 1
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):  # still no direct writes
+                c.execute("DELETE FROM ml.jobs")
+            assert c.execute("SELECT ml.cancel(%s)", (job_b,)).fetchone()[0] == "cancelled"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE {boss}")
 
 
 def test_queue_triggers_still_work_for_any_writer_and_for_partitions(dsn, tenants):
