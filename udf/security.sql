@@ -74,6 +74,14 @@ BEGIN
     IF params IS NULL OR jsonb_typeof(params) <> 'object' THEN
         RAISE EXCEPTION 'pgsight: job params must be a JSON object';
     END IF;
+    IF kind = 'train' THEN  -- the checks of ml.build_model, again: this function may be called directly
+        PERFORM ml._train_options(params->>'kind', coalesce(params->'options', '{}'));
+        IF EXISTS (SELECT 1 FROM ml.models m WHERE m.name = model) THEN
+            PERFORM ml._check_model_change(who, (SELECT m FROM ml.models m WHERE m.name = model));
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM ml.models m WHERE m.name = model) THEN
+        RAISE EXCEPTION 'pgsight: no model named %', quote_literal(model);
+    END IF;
     IF rows IS NOT NULL AND jsonb_typeof(rows) <> 'array' THEN
         RAISE EXCEPTION 'pgsight: snapshot rows must be a JSON array';
     END IF;

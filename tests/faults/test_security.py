@@ -204,6 +204,13 @@ def test_tenants_see_and_change_only_their_own(dsn, tenants):
     for sql, args in forged:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             a.execute(sql, args)
+    # called directly, as herself, the job helper checks what ml.build_model checks
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to"):
+        a.execute("SELECT ml._job_submit(%s, 'train', 'pxb', '{\"kind\": \"simclr\", \"options\": {}}', '{a}', "
+                  "'{text}')", (names["tenant_a"],))
+    with pytest.raises(psycopg.Error, match="unknown option"):
+        a.execute("SELECT ml._job_submit(%s, 'train', 'mine', '{\"kind\": \"simclr\", \"options\": {\"x\": 1}}', "
+                  "'{a}', '{text}')", (names["tenant_a"],))
     # the helpers anyone may call touch only what is over: b's column exists, so her task stays
     assert a.execute("SELECT ml._tasks_forget(NULL)").fetchone()[0] == 0
     assert b.execute("SELECT count(*) FROM ml.tasks").fetchone()[0] == 1
