@@ -17,7 +17,9 @@ BEGIN
     END IF;
     LOOP
         SELECT r.status, r.error INTO st, err
-        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s', job_id)) AS r(status text, error text);
+        -- the loopback may be a role that sees every job: ask for the caller's own (or one it may change)
+        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s AND ml._may_change(%L, owner)',
+                                 job_id, current_user)) AS r(status text, error text);
         IF st IS NULL THEN
             IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id) THEN
                 RAISE EXCEPTION 'pgsight: job % was created in this transaction and no worker can see it yet', job_id

@@ -220,7 +220,8 @@ DECLARE
     n bigint;
 BEGIN
     -- the task's table (or a partition of it), not a trigger some user pointed at another's task
-    IF t.id IS NULL OR t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a) THEN
+    IF t.id IS NULL OR (t.table_name <> TG_RELID
+                        AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('INSERT INTO ml.queue (task_id, key) SELECT %s, %I::text FROM new_rows WHERE %I IS NOT NULL',
@@ -238,7 +239,8 @@ DECLARE
     k text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = TG_ARGV[0]::int
-                   AND t.table_name IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
+                   AND (t.table_name = TG_RELID
+                        OR t.table_name IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a))) THEN
         RETURN NULL;  -- a trigger some user pointed at another's task
     END IF;
     EXECUTE format('SELECT ($1).%I::text', TG_ARGV[1]) USING NEW INTO k;

@@ -160,7 +160,8 @@ END $$;
 CREATE OR REPLACE FUNCTION ml._job_result(jid bigint, OUT result jsonb, OUT error text)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
     SELECT r.result::jsonb, r.error
-    FROM dblink(ml._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s', jid))
+    FROM dblink(ml._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s AND ml._may_change(%L, owner)',
+                                       jid, current_user))
          AS r(result text, error text)
 $$;
 

@@ -46,7 +46,7 @@ def tenants(pgsight_server, dsn, images):
         c.close()
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute("UPDATE ml.jobs SET status = 'cancelled' WHERE status IN ('queued', 'running')")
-        admin.execute("DROP TABLE IF EXISTS secret, a_pics, b_pics CASCADE")
+        admin.execute("DROP TABLE IF EXISTS secret, a_pics, a_plain, b_pics CASCADE")
         admin.execute("DELETE FROM ml.models WHERE owner = ANY (%s)", (list(names.values()),))
         for v in names.values():
             admin.execute(f"DROP OWNED BY {v} CASCADE")
@@ -253,7 +253,31 @@ def test_queue_triggers_still_work_for_any_writer_and_for_partitions(dsn, tenant
     b.execute("INSERT INTO a_pics VALUES (50, '5.png')")
     b.execute("UPDATE a_pics SET image_path = '6.png' WHERE id = 1")
     assert a.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == 5
+    pics(a, "a_plain", 1)  # and a plain table
+    a.execute("SELECT ml.create_embedding('a_plain', 'pxa', 'image_path')")
+    a.execute(f"GRANT SELECT, INSERT, UPDATE ON a_plain TO {tenants['names']['tenant_b']}")
+    b.execute("INSERT INTO a_plain VALUES (7, '7.png')")
+    b.execute("UPDATE a_plain SET image_path = '8.png' WHERE id = 0")
+    assert a.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == 8
     assert b.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == 0  # queued for tenant_a, not shown to b
+
+
+def test_wait_through_a_dedicated_loopback_shows_only_ones_own_jobs(dsn, tenants):
+    """With the loopback logging in as pgsight_loopback (which reads every job's status), ml.wait still
+    tells tenant_a nothing of tenant_b's job, not even its error text."""
+    a, b = tenants["a"], tenants["b"]
+    pics(b, "b_pics")
+    b.execute("SELECT ml.load_model('pxb', 'pixels', NULL, '{\"size\": 4}')")
+    job_b = b.execute("SELECT ml.create_embedding('b_pics', 'pxb', 'image_path')").fetchone()[0]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("UPDATE ml.jobs SET status = 'failed', error = 'private detail of b' WHERE id = %s", (job_b,))
+        admin.execute("ALTER ROLE pgsight_loopback LOGIN")
+        admin.execute("UPDATE ml.loopback SET conninfo = %s, role = 'pgsight_loopback'",
+                      (f"host={admin.info.host} port={admin.info.port} user=pgsight_loopback",))
+    with pytest.raises(psycopg.Error, match="no job") as e:
+        a.execute("SELECT ml.wait(%s, '1 second')", (job_b,))
+    assert "private" not in str(e.value)
+    assert b.execute("SELECT ml.wait(%s, '1 second')", (job_b,)).fetchone()[0] == "failed"
 
 
 def test_hostile_names_and_types(tenants):
