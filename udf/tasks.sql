@@ -125,15 +125,10 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I text, ADD COLUMN %I real', tbl, result_col, result_col || '_score');
     END IF;
 
-    -- columns are remembered by attribute number too: a RENAME is followed (ml._task, ml._on_ddl_end)
-    INSERT INTO ml.tasks (table_name, kind, model, source_col, result_col, modality, question, key_col, key_type,
-                          index_name, key_attnum, source_attnum, result_attnum)
-    VALUES (tbl, task_kind, model_name, source_col, result_col, modality, question, chk.key_col, chk.key_type,
-            CASE WHEN task_kind = 'embedding' THEN ml._unique_index_name(tbl, result_col) END,
-            (SELECT attnum FROM pg_attribute WHERE attrelid = tbl AND attname = chk.key_col),
-            (SELECT attnum FROM pg_attribute WHERE attrelid = tbl AND attname = source_col),
-            (SELECT attnum FROM pg_attribute WHERE attrelid = tbl AND attname = result_col))
-    RETURNING id INTO tid;
+    -- ml._task_add also records the columns' attribute numbers: a RENAME is followed (ml._task, ml._on_ddl_end)
+    tid := ml._task_add(current_user, tbl, task_kind, model_name, source_col, result_col, modality, question,
+                        chk.key_col, chk.key_type,
+                        CASE WHEN task_kind = 'embedding' THEN ml._unique_index_name(tbl, result_col) END);
 
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) = 'p' THEN
         -- Partitioned: a row trigger on the parent is cloned onto every partition, present and future
@@ -162,7 +157,7 @@ BEGIN
             IF index_mode = 'now' OR queued < ml.setting('index_defer_rows')::bigint THEN
                 PERFORM ml._create_index(tid);
             ELSE
-                UPDATE ml.tasks SET index_state = 'pending' WHERE id = tid;
+                PERFORM ml._task_index_state(tid, current_user, 'pending');
             END IF;
         END IF;
     END IF;
@@ -216,7 +211,7 @@ BEGIN
         RAISE EXCEPTION 'pgsight: index % of %.% is missing or invalid after CREATE INDEX', t.index_name,
             t.table_name, t.result_col;
     END IF;
-    UPDATE ml.tasks SET index_state = 'ready' WHERE id = tid;
+    PERFORM ml._task_index_state(tid, current_user, 'ready');
 END $$;
 
 -- Worker: build one pending index whose backfill has no rows left. One transaction: a worker that
@@ -277,35 +272,20 @@ EXCEPTION WHEN OTHERS THEN  -- never in the way of a drop: the grants go with th
         CASE WHEN grant_it THEN 'grant' ELSE 'revoke from' END, t.table_name, SQLERRM;
 END $$;
 
--- Queue every row of a task in a new backfill job; returns the job id. Keys are written as text
--- under fixed settings (ml._canonical), so that they read back whatever the session's DateStyle.
+-- Queue every row of a task in a new backfill job; returns the job id. The keys are read with the
+-- caller's rights; ml._backfill_job (SECURITY DEFINER) queues them. Keys are written as text under
+-- fixed settings (the SET clauses), so that they read back whatever the session's DateStyle.
 CREATE OR REPLACE FUNCTION ml._backfill(tid int) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
     t ml.tasks := ml._task(tid);
-    v int := (SELECT version FROM ml.models WHERE name = t.model);
-    jid bigint;
-    n bigint;
+    keys text[];
 BEGIN
-    -- the task records which model version its results come from; a re-registered model backfills again
-    UPDATE ml.tasks SET model_version = v WHERE id = tid;
-    INSERT INTO ml.jobs (kind, model, table_name, task_id, params)
-    VALUES ('backfill', t.model, t.table_name::text, t.id,
-            jsonb_build_object('column', t.result_col, 'source_col', t.source_col, 'model_version', v))
-    RETURNING id INTO jid;
-    EXECUTE format('INSERT INTO ml.queue (task_id, key, job_id) SELECT %s, %I::text, %s FROM %s WHERE %I IS NOT NULL',
-                   tid, t.key_col, jid, t.table_name, t.source_col);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    UPDATE ml.jobs SET total = n,
-        status = CASE WHEN n = 0 THEN 'done' ELSE status END,
-        finished_at = CASE WHEN n = 0 THEN now() END
-    WHERE id = jid;
-    IF n > 0 THEN
-        PERFORM pg_notify('ml_work', tid::text);
-    END IF;
-    RETURN jid;
+    EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I IS NOT NULL', t.key_col, t.table_name, t.source_col)
+    INTO keys;
+    RETURN ml._backfill_job(tid, current_user, keys);
 END $$;
 
 -- Trigger functions are SECURITY DEFINER: whoever writes the user's table (an application role
@@ -321,7 +301,9 @@ DECLARE
     n bigint;
 BEGIN
     t := ml._task(TG_ARGV[0]::int);
-    IF t.id IS NULL THEN
+    -- the task's table (or a partition of it), not a trigger some user pointed at another's task
+    IF t.id IS NULL OR (t.table_name <> TG_RELID
+                        AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('INSERT INTO ml.queue (task_id, key) SELECT %s, %I::text FROM new_rows WHERE %I IS NOT NULL',
@@ -347,7 +329,9 @@ DECLARE
     has_src boolean;
 BEGIN
     t := ml._task(TG_ARGV[0]::int);
-    IF t.id IS NULL THEN
+    -- the task's table (or a partition of it), not a trigger some user pointed at another's task
+    IF t.id IS NULL OR (t.table_name <> TG_RELID
+                        AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('SELECT ($1).%I::text, ($1).%I IS NOT NULL', t.key_col, t.source_col) USING NEW INTO k, has_src;
@@ -370,7 +354,9 @@ DECLARE
     k text;
 BEGIN
     t := ml._task(TG_ARGV[0]::int);
-    IF t.id IS NULL THEN
+    -- the task's table (or a partition of it), not a trigger some user pointed at another's task
+    IF t.id IS NULL OR (t.table_name <> TG_RELID
+                        AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('SELECT ($1).%I::text', t.key_col) USING NEW INTO k;
@@ -439,10 +425,7 @@ BEGIN
     IF task_kind = 'prediction' THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, t.result_col || '_score');
     END IF;
-    DELETE FROM ml.queue WHERE task_id = t.id;
-    UPDATE ml.jobs SET status = 'cancelled', finished_at = now(), error = 'column dropped'
-    WHERE task_id = t.id AND status IN ('queued', 'running');
-    DELETE FROM ml.tasks WHERE id = t.id;
+    PERFORM ml._tasks_forget(ARRAY[t.id]);  -- its queue rows, open jobs and the task
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.drop_embedding(table_name regclass, result_col text) RETURNS void
