@@ -215,7 +215,7 @@ BEGIN
     IF NOT ml._may_change(who, (SELECT t.owner FROM ml.tasks t WHERE t.id = tid)) THEN
         RAISE EXCEPTION 'pgsight: no task % of %', tid, who USING ERRCODE = 'insufficient_privilege';
     END IF;
-    UPDATE ml.tasks t SET index_state = state WHERE t.id = tid;
+    UPDATE ml.tasks t SET index_state = _task_index_state.state WHERE t.id = tid;  -- (ml.tasks has a column state too)
 END $$;
 
 -- Queue the given keys of a task's table in a new backfill job (the caller read them with its own
