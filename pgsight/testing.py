@@ -37,7 +37,8 @@ PGVECTOR_IMAGE = os.environ.get("PGSIGHT_TEST_IMAGE", "pgvector/pgvector:pg17")
 
 def docker_available() -> bool:
     """True when a Docker engine answers (the client alone is not enough)."""
-    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
         return False
     try:
         import docker
@@ -87,7 +88,13 @@ class TestServer:
             except ImportError:  # testcontainers < 4.14
                 from testcontainers.postgres import PostgresContainer
 
-            self._container = PostgresContainer(PGVECTOR_IMAGE, driver=None).start()
+            container = PostgresContainer(PGVECTOR_IMAGE, driver=None)
+            try:
+                container.start()
+            except BaseException:  # a container that never got ready: remove it (no reaper under podman)
+                container.stop()
+                raise
+            self._container = container
             self.kind, self.admin_dsn = "testcontainers", self._container.get_connection_url()
         else:
             from pgsight.db.embedded import EmbeddedServer
