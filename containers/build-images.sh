@@ -89,8 +89,12 @@ build_worker() {
     cp -a "$here/worker/." "$ctx/"
     cp "$deps/.inputs" "$ctx/deps/"
     ln "$deps"/*.whl "$ctx/deps/" 2>/dev/null || cp "$deps"/*.whl "$ctx/deps/"
-    "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$ctx/pgsight" "$root" >"$cache/pip-wheel.log" 2>&1 \
+    # the pgsight wheel from a clean copy of its sources (a build/ left in the tree could add stale files)
+    mkdir -p "$ctx/src"
+    (cd "$root" && cp -a pyproject.toml README.md pgsight db worker udf alembic "$ctx/src/")
+    "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$ctx/pgsight" "$ctx/src" >"$cache/pip-wheel.log" 2>&1 \
         || { grep -v "^WARNING: Location" "$cache/pip-wheel.log" | tail -30 >&2; exit 1; }
+    rm -rf "$ctx/src"
     podman_build "$WORKER_IMAGE" "$h" "$ctx"
     rm -rf "$ctx"
     say "built $WORKER_IMAGE"
