@@ -19,7 +19,8 @@ check() {
     local bin; bin="$(readlink -f "$(type -P true)")"
     mkdir -p "$tmp/root"
     for f in "$bin" $(ldd "$bin" | grep -o '/[^ ]*'); do cp --parents -L "$f" "$tmp/root/"; done
-    if ! tar -C "$tmp/root" -c . | podman import --quiet - localhost/pgsight-probe:latest >"$tmp/log" 2>&1 \
+    if ! { podman image exists localhost/pgsight-probe:latest \
+           || tar -C "$tmp/root" -c . | podman import --quiet - localhost/pgsight-probe:latest >"$tmp/log" 2>&1; } \
        || ! podman run --rm --network none localhost/pgsight-probe:latest "$bin" >>"$tmp/log" 2>&1; then
         echo "podman cannot run a container here:"; sed 's/^/    /' "$tmp/log"; return 1
     fi
