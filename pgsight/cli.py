@@ -76,14 +76,14 @@ def migrate(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
 
 
 def _run_worker(dsn: str, image_root: list[Path], device: str, batch_size: int, allow_urls: bool,
-                jobs: bool = True) -> None:
+                jobs: bool = True, allow_private_urls: bool = False) -> None:
     from pgsight.worker.loop import Worker, WorkerConfig
 
     for root in image_root:
         if not root.is_dir():
             _fail(f"image root {root} is not a directory")
     worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_root), device=device, batch_size=batch_size,
-                                 allow_urls=allow_urls, jobs=jobs))
+                                 allow_urls=allow_urls, allow_private_urls=allow_private_urls, jobs=jobs))
     stops = {"n": 0}
 
     def on_signal(signum, _frame):
@@ -105,13 +105,17 @@ def worker(dsn: Optional[str] = DsnOpt,
            device: str = typer.Option("auto", help="auto, cpu or cuda"),
            batch_size: int = typer.Option(256, "--batch-size", min=1, help="rows claimed per batch"),
            allow_urls: bool = typer.Option(False, "--allow-urls", help="fetch http(s) image URLs"),
+           allow_private_urls: bool = typer.Option(
+               False, "--allow-private-urls",
+               help="with --allow-urls, also fetch from loopback, private and link-local addresses"),
            no_jobs: bool = typer.Option(False, "--no-jobs", help="leave training/evaluation jobs to other workers"),
            log_level: str = typer.Option("INFO", "--log-level")) -> None:
     """Run a worker: compute queued rows, training jobs and query-time requests."""
     from pgsight.db.dsn import resolve
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _run_worker(resolve(dsn, start=False), image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs)
+    _run_worker(resolve(dsn, start=False), image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs,
+                allow_private_urls)
 
 
 @app.command()
