@@ -155,15 +155,17 @@ BEGIN
         WHEN SQLSTATE 'PGR00' THEN
             NULL;
         WHEN query_canceled THEN  -- cancel or statement_timeout: with no waiter, the worker drops it
-            IF in_dblink THEN
-                PERFORM dblink_disconnect(conn);  -- interrupted mid-call: the next call opens a fresh one
-            ELSIF rid IS NOT NULL THEN
-                BEGIN
+            BEGIN
+                IF in_dblink THEN  -- interrupted mid-call: that connection is busy, take a fresh one
+                    PERFORM dblink_disconnect(conn);
+                    conn := ml._loopback();
+                END IF;
+                IF rid IS NOT NULL THEN
                     PERFORM 1 FROM dblink(conn, format('SELECT ml._rpc_forget(%s, %L)', rid, token)) AS t(x text);
-                EXCEPTION WHEN OTHERS THEN
-                    NULL;
-                END;
-            END IF;
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;  -- the worker drops it anyway: nobody waits for it
+            END;
             RAISE;
     END;
     PERFORM 1 FROM dblink(conn, format('SELECT ml._rpc_forget(%s, %L)', rid, token)) AS t(x text);
