@@ -33,7 +33,7 @@ BEGIN
     GRANT SELECT, INSERT, UPDATE, DELETE ON ml.models, ml.tasks, ml.jobs, ml.queue TO pgsight_user;
     GRANT SELECT, DELETE ON ml.blobs TO pgsight_user;
     -- query-time requests: no privileges on ml.rpc for users or the loopback; they go through
-    -- ml._rpc_submit / _rpc_result / _rpc_forget (SECURITY DEFINER, token-checked; udf/rpc.sql)
+    -- ml._rpc_ticket / _rpc_submit / _rpc_state / _rpc_forget (SECURITY DEFINER, token-checked; udf/rpc.sql)
     REVOKE ALL ON ml.rpc FROM pgsight_user, pgsight_loopback;
     -- the loopback session: query-time requests, job status, jobs submitted on a user's behalf
     GRANT SELECT ON ml.settings, ml.workers TO pgsight_loopback;

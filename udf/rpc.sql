@@ -62,14 +62,15 @@ BEGIN
     RETURN rid;
 END $$;
 
--- The state of a request, for whoever presents its token. VOLATILE: a fresh snapshot at every call.
-CREATE OR REPLACE FUNCTION ml._rpc_result(rid bigint, token text, OUT status text, OUT vec text,
-                                          OUT response text, OUT error text, OUT claimed_by bigint)
+-- The state of a request, for whoever presents its token (found by its waiter key). VOLATILE: a fresh
+-- snapshot at every call.
+CREATE OR REPLACE FUNCTION ml._rpc_state(waiter bigint, token text, OUT id bigint, OUT status text, OUT vec text,
+                                         OUT response text, OUT error text, OUT claimed_by bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 BEGIN
-    SELECT r.status, r.vec::text, r.response::text, r.error, r.claimed_by
-    INTO status, vec, response, error, claimed_by
-    FROM ml.rpc r WHERE r.id = rid AND r.token_hash = sha256(convert_to(token, 'UTF8'));
+    SELECT r.id, r.status, r.vec::text, r.response::text, r.error, r.claimed_by
+    INTO id, status, vec, response, error, claimed_by
+    FROM ml.rpc r WHERE r.waiter = _rpc_state.waiter AND r.token_hash = sha256(convert_to(token, 'UTF8'));
 END $$;
 
 -- Runs in the loopback session: delete a request, for whoever presents its token.
@@ -79,7 +80,8 @@ BEGIN
     DELETE FROM ml.rpc r WHERE r.id = rid AND r.token_hash = sha256(convert_to(token, 'UTF8'));
 END $$;
 
--- The caller's side of a query-time call.
+-- The caller's side of a query-time call. The submit is sent without waiting for its answer: the
+-- caller starts polling at once (the loopback's answer is read as soon as it has come).
 CREATE OR REPLACE FUNCTION ml._rpc(op text, model text, payload jsonb, image bytea, timeout interval DEFAULT NULL,
                                    OUT vec text, OUT response text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
@@ -97,7 +99,8 @@ DECLARE
     waited bigint;
     deadline timestamptz;
     polls int := 0;
-    in_dblink boolean := false;
+    in_dblink boolean := false;  -- the loopback connection has a statement whose answer is not read yet
+    submitted boolean := false;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM ml.workers w
                    WHERE w.heartbeat_at > pg_catalog.clock_timestamp() - ml.setting('worker_timeout')::interval) THEN
@@ -110,25 +113,36 @@ BEGIN
     BEGIN  -- a subtransaction: the locks taken here are released when it ends (see the RAISE below)
         PERFORM pg_advisory_xact_lock(waiter);  -- "someone waits for this request"
         in_dblink := true;
-        SELECT t.id INTO rid FROM dblink(conn, format(
+        PERFORM dblink_send_query(conn, format(
             'SELECT ml._rpc_submit(%L, %L, %L::jsonb, %L::bytea, %L, %L::bytea, %s, %L)', op, model, payload,
-            image, current_user, hash, waiter, ml._rpc_ticket(current_user, hash))) AS t(id bigint);
-        in_dblink := false;
+            image, current_user, hash, waiter, ml._rpc_ticket(current_user, hash)));
         deadline := pg_catalog.clock_timestamp() + wait;
         LOOP
+            IF in_dblink AND (NOT own_snapshot OR st IN ('done', 'error', 'timeout') OR dblink_is_busy(conn) = 0) THEN
+                -- the submit has answered (committed): read its answer; a refusal is raised here
+                PERFORM 1 FROM dblink_get_result(conn) AS t(id bigint);
+                PERFORM 1 FROM dblink_get_result(conn) AS t(id bigint);
+                in_dblink := false;
+                submitted := true;
+            END IF;
             IF own_snapshot THEN
-                SELECT r.status, r.vec, r.response, r.error, r.claimed_by INTO st, vec, response, err, claimer
-                FROM ml._rpc_result(rid, token) r;
+                SELECT r.id, r.status, r.vec, r.response, r.error, r.claimed_by INTO rid, st, vec, response, err, claimer
+                FROM ml._rpc_state(waiter, token) r;
             ELSE
                 in_dblink := true;
-                SELECT r.status, r.vec, r.response, r.error, r.claimed_by INTO st, vec, response, err, claimer
-                FROM dblink(conn, format('SELECT * FROM ml._rpc_result(%s, %L)', rid, token))
-                     AS r(status text, vec text, response text, error text, claimed_by bigint);
+                SELECT r.id, r.status, r.vec, r.response, r.error, r.claimed_by INTO rid, st, vec, response, err, claimer
+                FROM dblink(conn, format('SELECT * FROM ml._rpc_state(%s, %L)', waiter, token))
+                     AS r(id bigint, status text, vec text, response text, error text, claimed_by bigint);
                 in_dblink := false;
             END IF;
-            EXIT WHEN st IS NULL OR st IN ('done', 'error');
+            IF st IN ('done', 'error') THEN
+                CONTINUE WHEN in_dblink;  -- read the submit's answer first
+                EXIT;
+            END IF;
+            EXIT WHEN st IS NULL AND submitted;  -- it vanished (an administrator deleted it)
             IF pg_catalog.clock_timestamp() > deadline THEN
                 st := 'timeout';
+                CONTINUE WHEN in_dblink;
                 EXIT;
             END IF;
             IF st = 'running' AND claimer IS DISTINCT FROM waited THEN
@@ -167,8 +181,15 @@ BEGIN
                 NULL;  -- the worker drops it anyway: nobody waits for it
             END;
             RAISE;
+        WHEN OTHERS THEN
+            IF in_dblink THEN  -- e.g. the submit was refused: leave a clean connection for the next call
+                PERFORM dblink_disconnect(conn);
+            END IF;
+            RAISE;
     END;
-    PERFORM 1 FROM dblink(conn, format('SELECT ml._rpc_forget(%s, %L)', rid, token)) AS t(x text);
+    IF rid IS NOT NULL THEN
+        PERFORM 1 FROM dblink(conn, format('SELECT ml._rpc_forget(%s, %L)', rid, token)) AS t(x text);
+    END IF;
     IF st = 'timeout' OR st IS NULL THEN
         RAISE EXCEPTION 'pgsight: no worker answered % for model % within %', op, coalesce(model, '-'), wait
             USING ERRCODE = 'query_canceled',

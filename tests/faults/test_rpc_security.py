@@ -59,7 +59,7 @@ def call_in_thread(dsn: str, sql: str, args=()):
     return t, out
 
 
-def attempts(a, conn_name: str, rid: int, victim: str) -> dict[str, str]:
+def attempts(a, conn_name: str, rid: int, waiter: int, victim: str) -> dict[str, str]:
     """Everything tenant_a tries against tenant_b's pending request: label -> what happened."""
     fake = "[" + ",".join(["0"] * 16) + "]"
     tries = {
@@ -75,8 +75,8 @@ def attempts(a, conn_name: str, rid: int, victim: str) -> dict[str, str]:
             f"SELECT ml.rpc_reply(ARRAY[{rid}]::bigint[], ARRAY['{fake}']::vector[], ARRAY[NULL]::jsonb[], "
             f"ARRAY[NULL]::text[])",
         "claim requests as a worker (ml.rpc_claim)": "SELECT count(*) FROM ml.rpc_claim(0, 10)",
-        "read the reply without the token (ml._rpc_result)":
-            f"SELECT coalesce(status, 'nothing') FROM ml._rpc_result({rid}, 'guess')",
+        "read the reply by its waiter key (seen in pg_locks) without the token (ml._rpc_state)":
+            f"SELECT coalesce(status, 'nothing') FROM ml._rpc_state({waiter}, 'guess')",
         "delete it without the token (ml._rpc_forget)": f"SELECT ml._rpc_forget({rid}, 'guess')",
         "sign a ticket for the victim (ml._rpc_ticket)":
             f"SELECT ml._rpc_ticket('{victim}', sha256('x'::bytea))",
@@ -105,11 +105,14 @@ def test_another_session_cannot_forge_or_read_a_query_time_call(dsn, tenants, fi
         rid = wait_for(lambda: admin.execute("SELECT id FROM ml.rpc WHERE payload->>'input' = %s",
                                              (SECRET_PATH,)).fetchone(), timeout=10)[0]
         # owned by the caller's role, bound to a token hash, the caller holds its waiter lock
-        owner, hashed = admin.execute("SELECT owner, token_hash IS NOT NULL FROM ml.rpc WHERE id = %s", (rid,)).fetchone()
+        owner, hashed, waiter = admin.execute("SELECT owner, token_hash IS NOT NULL, waiter FROM ml.rpc WHERE id = %s",
+                                              (rid,)).fetchone()
         assert owner == names["tenant_b"] and hashed
         with psycopg.connect(dsns["tenant_a"], autocommit=True) as a:
             conn_name = a.execute("SELECT ml._loopback_open(%s)", (names["tenant_a"],)).fetchone()[0]
-            results = attempts(a, conn_name, rid, names["tenant_b"])
+            assert a.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+                             "AND ((classid::bigint << 32) | objid::bigint) = %s", (waiter,)).fetchone()[0] == 1
+            results = attempts(a, conn_name, rid, waiter, names["tenant_b"])
             # nothing tenant_a can see in pg_stat_activity (her session or her loopback's) shows the payload
             seen = a.execute("SELECT string_agg(coalesce(query, ''), ' ') FROM pg_stat_activity").fetchone()[0]
             seen_lb = a.execute(f"SELECT string_agg(q, ' ') FROM dblink('{conn_name}', "

@@ -9,6 +9,7 @@ SELECT 1;
 ALTER TABLE ml.rpc ADD COLUMN IF NOT EXISTS owner name NOT NULL DEFAULT current_user;
 ALTER TABLE ml.rpc ADD COLUMN IF NOT EXISTS token_hash bytea;
 ALTER TABLE ml.rpc ADD COLUMN IF NOT EXISTS waiter bigint;
+CREATE INDEX IF NOT EXISTS rpc_waiter_idx ON ml.rpc (waiter);
 ALTER TABLE ml.loopback ADD COLUMN IF NOT EXISTS secret bytea NOT NULL
     DEFAULT sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8'));
 DROP PROCEDURE IF EXISTS ml._rpc_call(text, text, jsonb, bytea, interval, text, text, text, text);
