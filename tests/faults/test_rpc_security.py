@@ -78,6 +78,7 @@ def attempts(a, conn_name: str, rid: int, waiter: int, victim: str) -> dict[str,
         "read the reply by its waiter key (seen in pg_locks) without the token (ml._rpc_state)":
             f"SELECT coalesce(status, 'nothing') FROM ml._rpc_state({waiter}, 'guess')",
         "delete it without the token (ml._rpc_forget)": f"SELECT ml._rpc_forget({rid}, 'guess')",
+        "read the server secret that signs tickets": "SELECT secret FROM ml.loopback",
         "sign a ticket for the victim (ml._rpc_ticket)":
             f"SELECT ml._rpc_ticket('{victim}', sha256('x'::bytea))",
         "submit as the victim with a made-up ticket (ml._rpc_submit)":
