@@ -226,3 +226,12 @@ def test_special_files_and_in_root_symlinks(tmp_path):
     assert "not a regular file" in error(ld, "pipe.png")  # and it did not block on the FIFO
     assert "is a directory" in error(ld, "sub")
     assert "outside the image roots" in error(ld, "/etc/hostname")
+
+
+def test_the_worker_command_has_the_opt_in():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pgsight.cli", "worker", "--help"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "--allow-private-urls" in out
