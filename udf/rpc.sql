@@ -9,8 +9,9 @@
 -- caller's snapshot is fixed: it polls through the loopback instead, still waiting in its own backend.)
 --
 -- Trust: ml.rpc has no privileges for users or the loopback role; only the worker reads and writes it.
--- A request is bound to a random token that never leaves the caller's backend (only its sha256 is
--- stored): the reply is read by presenting the token. The loopback may only submit for the caller's
+-- A request is bound to a random token that never leaves the caller's backend under READ COMMITTED
+-- (only its sha256 is stored; REPEATABLE READ polls send it over the caller's own loopback): the
+-- reply is read, and the request deleted, by presenting the token. The loopback may only submit for the caller's
 -- role: the caller's backend signs (role, token hash) with a server secret (ml._rpc_ticket) and the
 -- loopback's ml._rpc_submit checks the signature. While waiting, the caller holds an advisory lock
 -- keyed by its token (`waiter`); a request whose waiter is gone (cancelled, timed out, terminated) is
