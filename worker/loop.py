@@ -48,6 +48,7 @@ class WorkerConfig:
     device: str = "auto"
     batch_size: int = 256
     allow_urls: bool = False
+    allow_private_urls: bool = False  # with allow_urls: loopback, private, link-local addresses too
     url_timeout: float = 10.0
     max_image_bytes: int = 50 * 1024 * 1024
     poll_interval: float = 1.0
@@ -63,6 +64,7 @@ class Worker:
         self.config = config
         self.device = pick_device(config.device)
         self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls, url_timeout=config.url_timeout,
+                                  allow_private_urls=config.allow_private_urls,
                                   max_bytes=config.max_image_bytes)
         cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
         self.models = ModelCache(self.device, cache)

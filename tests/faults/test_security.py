@@ -25,6 +25,7 @@ REVIEWED_DEFINERS = {
     "_job_submit", "_snapshot_seal", "_snapshot_drop", "_job_cancel",   # training/evaluation jobs
     "_task_add", "_task_index_state", "_backfill_job", "_tasks_forget",  # derived columns
     "_model_put", "_model_drop",                # models
+    "_rpc_ticket", "_rpc_submit", "_rpc_state", "_rpc_forget",  # query-time requests (docs/query-time.md)
 }
 
 
