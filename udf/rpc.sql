@@ -1,4 +1,4 @@
--- Query-time calls: ml.embed_image, ml.embed_text, ml.answer, ml.answers.
+-- Query-time calls: ml.embed_image, ml.embed_text, ml.answer, ml.answers, ml.classify (udf/classify.sql).
 --
 -- The request is committed through the session's loopback connection (so the worker sees it at once;
 -- the caller's own transaction has not committed) and the worker is woken with NOTIFY ml_rpc. The
@@ -53,7 +53,7 @@ BEGIN
         RAISE EXCEPTION 'pgsight: query-time request refused: its ticket does not match'
             USING ERRCODE = 'insufficient_privilege', HINT = 'call ml.embed_image, ml.embed_text or ml.answer';
     END IF;
-    IF op IS NULL OR op NOT IN ('embed', 'answer', 'describe') OR payload IS NULL THEN
+    IF op IS NULL OR op NOT IN ('embed', 'answer', 'describe', 'classify') OR payload IS NULL THEN
         RAISE EXCEPTION 'pgsight: unknown query-time request %', coalesce(quote_literal(op), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;

@@ -40,7 +40,8 @@ BEGIN
     IF task_kind = 'embedding' AND k.outputs <> 'embedding' THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) answers questions and makes no embeddings', model_name, m.kind
             USING HINT = 'use ml.create_prediction';
-    ELSIF task_kind = 'prediction' AND k.outputs <> 'answer' THEN
+    ELSIF task_kind = 'prediction' AND k.outputs <> 'answer'
+          AND NOT (k.modalities @> '{image,text}' AND ml._is_classification(question)) THEN  -- udf/classify.sql
         RAISE EXCEPTION 'pgsight: model % (kind %) makes embeddings and answers no questions', model_name, m.kind
             USING HINT = 'use ml.create_embedding';
     END IF;

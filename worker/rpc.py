@@ -1,4 +1,4 @@
-"""Query-time requests (ml.embed_image, ml.embed_text, ml.answer, ml.load_model's describe),
+"""Query-time requests (ml.embed_image, ml.embed_text, ml.answer, ml.classify, ml.load_model's describe),
 served on a thread of their own so that a long backfill never delays a search."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageError, ImageLoader
+from pgsight.worker.models.zeroshot import check, ranked
 from pgsight.worker.registry import ModelCache
 
 log = logging.getLogger("pgsight.worker.rpc")
@@ -65,6 +66,8 @@ class RpcServer:
                     replies.update(self._embed(conn, model, reqs))
                 elif op == "answer":
                     replies.update(self._answers(conn, model, reqs))
+                elif op == "classify":
+                    replies.update(self._classify(conn, model, reqs))
                 else:
                     raise ValueError(f"unknown request {op!r}")
             except Exception as e:  # the group failed: every caller in it gets the reason
@@ -117,4 +120,21 @@ class RpcServer:
             for (rid, _, _, want), answers in zip(ok, ranked):
                 body = [{"answer": a, "score": float(s)} for a, s in answers[:want]]
                 out[rid] = (None, psycopg.types.json.Jsonb(body), None)
+        return out
+
+    def _classify(self, conn, model: str, reqs: list[tuple]) -> dict[int, tuple]:
+        """Zero-shot labels: each request's image against its labels (their embeddings cached per version)."""
+        out: dict[int, tuple] = {}
+        adapter = self.models.get(conn, model, reqs[0][3].get("version"))
+        if not hasattr(adapter, "classify"):
+            raise ValueError(f"model {model!r} cannot classify: it needs a CLIP-style image and text encoder")
+        for rid, _, _, payload, image in reqs:
+            try:
+                labels, template = check(payload.get("labels"), payload.get("template"))
+                probs = adapter.classify([self._load(adapter, payload, image)], labels, template)
+            except (ImageError, ValueError) as e:
+                out[rid] = (None, None, str(e))
+                continue
+            body = [{"label": a, "score": s} for a, s in ranked(probs, labels)[0]]
+            out[rid] = (None, psycopg.types.json.Jsonb(body), None)
         return out

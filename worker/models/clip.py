@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.models import Adapter
+from pgsight.worker.models.zeroshot import LabelEmbeddings, parse_spec, probabilities, ranked
 from PIL import Image
 
 
@@ -74,6 +75,7 @@ class ClipAdapter(Adapter):
         self.dim = int(model.config.projection_dim)
         self.max_length = text_max_length(model, tokenizer)
         self.batch_size = device_batch_size(model, device)
+        self.labels = LabelEmbeddings(self.embed_texts)
 
     @classmethod
     def load(cls, source: str | None, options: dict[str, Any], device: str) -> ClipAdapter:
@@ -134,6 +136,25 @@ class ClipAdapter(Adapter):
                 )
                 out.append(self._normalize(feats.pooler_output))
         return np.concatenate(out)
+
+    # -- zero-shot labels (worker/models/zeroshot.py) ------------------------------------------
+    def classify(self, items: list[np.ndarray], labels: tuple[str, ...], template: str | None) -> np.ndarray:
+        """(images, labels) probabilities: softmax over logits_per_image, as CLIPModel computes it."""
+        label_vecs = self.labels.get(tuple(labels), template)
+        scale = float(self.model.logit_scale.detach().float().exp().cpu())
+        return probabilities(self.embed_images(items), label_vecs, scale)
+
+    def answer(self, items: list[np.ndarray], questions: list[str], k: int) -> list[list[tuple[str, float]]]:
+        """A classification task's rows (a prediction task whose question is its label set)."""
+        out: list[list[tuple[str, float]]] = [[] for _ in items]
+        groups: dict[str, list[int]] = {}
+        for i, q in enumerate(questions):
+            groups.setdefault(q, []).append(i)
+        for q, idx in groups.items():
+            labels, template = parse_spec(q)
+            for i, r in zip(idx, ranked(self.classify([items[i] for i in idx], labels, template), labels, k)):
+                out[i] = r
+        return out
 
     @staticmethod
     def _normalize(features) -> np.ndarray:
