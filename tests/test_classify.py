@@ -113,6 +113,11 @@ def test_create_classification_kept_in_sync(dsn, image_dir, tiny_dir):
         assert "does not embed both images and texts" in err
         assert "duplicate labels" in error_of(conn, "SELECT ml.create_classification('pics', 'tiny', 'path', %s)",
                                               (["a", "a"],))
+        # a label set written by hand is checked like create_classification's
+        assert "duplicate labels" in error_of(conn, "SELECT ml.create_prediction('pics', 'tiny', 'path', %s)",
+                                              ('{"classify": {"labels": ["a", "a"]}}',))
+        assert "unknown option(s) 'k'" in error_of(conn, "SELECT ml.create_prediction('pics', 'tiny', 'path', %s)",
+                                                   ('{"classify": {"labels": ["a"], "k": 1}}',))
         # a plain question on a clip model is still refused by create_prediction
         assert "answers no questions" in error_of(
             conn, "SELECT ml.create_prediction('pics', 'tiny', 'path', 'what is it?')")

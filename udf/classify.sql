@@ -71,11 +71,24 @@ BEGIN
     RETURN jsonb_build_object('labels', to_jsonb(labels), 'template', template);
 END $$;
 
--- Is this prediction task's question a label set (a classification)?
+-- Is this prediction task's question a label set (a classification)? One that looks like a label
+-- set but is not a valid one is refused here (ml._check_task), never by the worker later.
 CREATE OR REPLACE FUNCTION ml._is_classification(question text) RETURNS boolean
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
-    SELECT coalesce(left(question, 13) = '{"classify": ' AND pg_input_is_valid(question, 'jsonb'), false)
-$$;
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    spec jsonb;
+BEGIN
+    IF question IS NULL OR left(question, 13) <> '{"classify": ' OR NOT pg_input_is_valid(question, 'jsonb') THEN
+        RETURN false;
+    END IF;
+    spec := question::jsonb -> 'classify';
+    IF jsonb_typeof(spec) <> 'object' OR jsonb_typeof(spec->'labels') <> 'array' THEN
+        RAISE EXCEPTION 'pgsight: a label set needs {"classify": {"labels": [...]}}, got %', question
+            USING HINT = 'use ml.create_classification', ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM ml._label_spec(ARRAY(SELECT jsonb_array_elements_text(spec->'labels')), spec - 'labels');
+    RETURN true;
+END $$;
 
 CREATE OR REPLACE FUNCTION ml._classify(model_name text, input text, image bytea, labels text[], options jsonb)
 RETURNS TABLE (label text, score real)

@@ -123,18 +123,22 @@ class RpcServer:
         return out
 
     def _classify(self, conn, model: str, reqs: list[tuple]) -> dict[int, tuple]:
-        """Zero-shot labels: each request's image against its labels (their embeddings cached per version)."""
+        """Zero-shot labels: the requests' images against their label sets, one forward pass per label
+        set (whose text embeddings are cached per model version)."""
         out: dict[int, tuple] = {}
         adapter = self.models.get(conn, model, reqs[0][3].get("version"))
         if not hasattr(adapter, "classify"):
             raise ValueError(f"model {model!r} cannot classify: it needs a CLIP-style image and text encoder")
+        groups: dict[tuple, list[tuple[int, Any]]] = defaultdict(list)
         for rid, _, _, payload, image in reqs:
             try:
-                labels, template = check(payload.get("labels"), payload.get("template"))
-                probs = adapter.classify([self._load(adapter, payload, image)], labels, template)
+                spec = check(payload.get("labels"), payload.get("template"))
+                groups[spec].append((rid, self._load(adapter, payload, image)))
             except (ImageError, ValueError) as e:
                 out[rid] = (None, None, str(e))
-                continue
-            body = [{"label": a, "score": s} for a, s in ranked(probs, labels)[0]]
-            out[rid] = (None, psycopg.types.json.Jsonb(body), None)
+        for (labels, template), items in groups.items():
+            probs = adapter.classify([x for _, x in items], labels, template)
+            for (rid, _), row in zip(items, ranked(probs, labels)):
+                body = [{"label": a, "score": s} for a, s in row]
+                out[rid] = (None, psycopg.types.json.Jsonb(body), None)
         return out
