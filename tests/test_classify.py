@@ -4,12 +4,15 @@ INSERTs kept in sync, the label embeddings computed once per model version)."""
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import psycopg
 import pytest
 import torch
 from conftest import png_bytes, wait_for, write_png
 from PIL import Image
+from psycopg.conninfo import make_conninfo
 from tiny_clip import build_tiny_clip
 
 from pgsight.testing import running_worker
@@ -158,3 +161,45 @@ def test_classify_bytes_image(dsn, image_dir, tiny_dir):
         got = conn.execute("SELECT label FROM ml.classify('tiny', %s::bytea, %s)",
                            (png_bytes(3, 32), ["cat", "dog"])).fetchall()
         assert sorted(r[0] for r in got) == ["cat", "dog"]
+
+
+def test_classification_is_owned_like_a_prediction(pgsight_server, dsn, image_dir, tiny_dir):
+    """Least privilege: a user labels her own table (worker and loopback in their own roles), not another's."""
+    suffix = uuid.uuid4().hex[:6]
+    names = {k: f"{k}_{suffix}" for k in ("alice", "bob", "wrk")}
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for who in ("alice", "bob"):
+            admin.execute(f"CREATE ROLE {names[who]} LOGIN IN ROLE pgsight_user")
+            admin.execute(f"GRANT CREATE ON SCHEMA public TO {names[who]}")
+        admin.execute(f"CREATE ROLE {names['wrk']} LOGIN IN ROLE pgsight_worker")
+        admin.execute("ALTER ROLE pgsight_loopback LOGIN")
+        admin.execute("UPDATE ml.loopback SET conninfo = %s, role = 'pgsight_loopback'",
+                      (f"host={admin.info.host} port={admin.info.port} user=pgsight_loopback",))
+    dsns = {k: make_conninfo(dsn, user=v) for k, v in names.items()}
+    try:
+        with psycopg.connect(dsns["bob"], autocommit=True) as bob:
+            bob.execute("CREATE TABLE bob_pics (id int PRIMARY KEY, img bytea)")
+            bob.execute("INSERT INTO bob_pics VALUES (1, %s)", (png_bytes(1, 32),))
+        with psycopg.connect(dsns["alice"], autocommit=True) as alice, running_worker(dsns["wrk"], [image_dir]):
+            alice.execute("SELECT ml.load_model('tiny', 'clip', %s)", (str(tiny_dir),))
+            alice.execute("CREATE TABLE alice_pics (id int PRIMARY KEY, img bytea)")
+            alice.execute("INSERT INTO alice_pics VALUES (1, %s), (2, %s)", (png_bytes(2, 32), png_bytes(3, 32)))
+            alice.execute("CALL ml.create_classification_and_wait('alice_pics', 'tiny', 'img', %s)", (["cat", "dog"],))
+            assert alice.execute("SELECT count(*) FROM alice_pics WHERE label IN ('cat', 'dog') "
+                                 "AND label_score BETWEEN 0.5 AND 1").fetchone()[0] == 2
+            top = alice.execute("SELECT label FROM ml.classify('tiny', %s::bytea, %s) LIMIT 1",
+                                (png_bytes(2, 32), ["cat", "dog"])).fetchone()[0]
+            assert top == alice.execute("SELECT label FROM alice_pics WHERE id = 1").fetchone()[0]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                alice.execute("SELECT ml.create_classification('bob_pics', 'tiny', 'img', %s)", (["cat", "dog"],))
+        with psycopg.connect(dsns["bob"], autocommit=True) as bob:  # nor drop hers
+            assert "is not a pgsight prediction column" in error_of(
+                bob, "SELECT ml.drop_classification('alice_pics', 'label')")
+        with psycopg.connect(dsns["alice"], autocommit=True) as alice:
+            assert alice.execute("SELECT count(label) FROM alice_pics").fetchone()[0] == 2
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("DROP TABLE IF EXISTS alice_pics, bob_pics CASCADE")
+            for v in names.values():
+                admin.execute(f"DROP OWNED BY {v} CASCADE")
+                admin.execute(f"DROP ROLE {v}")

@@ -119,6 +119,23 @@ def name_search(
     }
 
 
+def zero_shot(conn: psycopg.Connection, table: str, model: str = MODEL, n: int = 100) -> dict[str, Any]:
+    """ml.classify on n test images against the ten digit names (template 'a handwritten {}'):
+    the share whose most probable label is the right digit."""
+    stmt = sql.SQL("SELECT image_path, label FROM {} WHERE split = 'test' ORDER BY image_path LIMIT %s").format(
+        sql.Identifier(table)
+    )
+    rows = conn.execute(stmt, (n,)).fetchall()
+    options = json.dumps({"template": "a handwritten {}"})
+    right = 0
+    for path, label in rows:
+        top = conn.execute(
+            "SELECT label FROM ml.classify(%s, %s, %s, %s) LIMIT 1", (model, path, DIGIT_NAMES, options)
+        ).fetchone()[0]
+        right += top == DIGIT_NAMES[label]
+    return {"images": len(rows), "accuracy": round(right / max(1, len(rows)), 3)}
+
+
 def evaluate(conn: psycopg.Connection, table: str, model: str = MODEL) -> dict[str, float]:
     """ml.evaluate_retrieval on the test split, any image/caption of the same digit counting."""
     query = sql.SQL("SELECT image_path, caption, label FROM {} WHERE split = 'test'").format(
@@ -156,11 +173,18 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
         )
         console.print(f"  → {search['top5']['seven']}")
         recall = evaluate(conn, "digits")
+        labels = zero_shot(conn, "digits")
+        console.print(
+            "SELECT label, score FROM ml.classify('digits_clip', image_path, ARRAY['zero', ..., 'nine'], "
+            "'{\"template\": \"a handwritten {}\"}');"
+        )
+        console.print(f"  → zero-shot accuracy on {labels['images']} test digits: {labels['accuracy']}")
     return {
         MODEL: {
             "text→image R@1 (10 names)": search["recall@1"],
             "precision@10": search["precision@10"],
             "image→text R@1": recall["image→text R@1"],
+            "zero-shot accuracy": labels["accuracy"],
             "train_s": trained["wall_seconds"],
         }
     }
