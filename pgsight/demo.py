@@ -6,6 +6,9 @@ precision@10 against the labels. Model kinds add their own sections (pgsight/dem
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from pgsight.db import migrate
 from pgsight.db.embedded import EmbeddedServer
 from pgsight.testing import running_worker
 
-console = Console()
+console = Console(soft_wrap=True)  # a DSN is never split across lines, even in a log
 
 #: sections after the pixels baseline, each a module in pgsight.demos with run(dsn, out, console) -> dict
 SECTIONS: list[str] = ["simclr", "clip", "vilt"]
@@ -40,6 +43,10 @@ def precision_at_k(conn: psycopg.Connection, table: str, column: str, model: str
 
 
 def run_demo(out: Path, data_dir: Path | None = None) -> int:
+    from pgsight.worker.logs import quiet_libraries
+
+    quiet_libraries()  # no tqdm bars in the demo's log
+    started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     server = EmbeddedServer(data_dir) if data_dir else EmbeddedServer()
     with console.status("starting the embedded PostgreSQL server..."):
@@ -49,7 +56,7 @@ def run_demo(out: Path, data_dir: Path | None = None) -> int:
             conn.execute("CREATE DATABASE pgsight_demo")
     dsn = server.dsn("pgsight_demo")
     migrate.upgrade(dsn)
-    console.print(f"database: [bold]{dsn}[/bold]  (psql '{dsn}')")
+    console.print(f"database: [bold]{dsn}[/bold]  (pgsight psql --dsn '{dsn}')", highlight=False)
 
     with console.status("writing sklearn's digits as PNG files..."):
         rows = datasets.write_digits(out)
@@ -85,4 +92,28 @@ def run_demo(out: Path, data_dir: Path | None = None) -> int:
         table.add_row(model, ", ".join(f"{k} = {v}" for k, v in numbers.items()))
     console.print(table)
     print(f"precision@10 (pixels, image→image search on digits): {summary['pixels']['precision@10']:.3f}")
+    record = {"machine": machine(), "wall_s": round(time.perf_counter() - started, 1), "results": summary}
+    (out / "results.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    console.print(f"numbers and machine recorded in {out / 'results.json'}; contact sheets: "
+                  + ", ".join(sorted(p.name for p in out.glob("*.png"))), highlight=False)
+    stop = "pgsight server stop" + (f" --data-dir {server.data_dir}" if data_dir else "")
+    console.print(f"the embedded server is left running ({server.data_dir}) so you can look around: "
+                  f"pgsight psql --dsn '{dsn}'; stop it with `{stop}`", highlight=False)
     return 0
+
+
+def machine() -> dict[str, object]:
+    """What the demo ran on, recorded next to its numbers."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
