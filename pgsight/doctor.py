@@ -109,9 +109,15 @@ def _workers(conn: psycopg.Connection) -> list[Check]:
 def _models(conn: psycopg.Connection) -> list[Check]:
     from pgsight.worker import sources
 
-    cache = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    try:
+        from huggingface_hub import constants
+
+        cache = constants.HF_HUB_CACHE
+    except ImportError:
+        cache = "the hub cache"
     reason = sources.offline_reason()
-    out = [Check("model hub", "ok" if reason is None else "warn",
+    out = [_cache_dir()]
+    out += [Check("model hub", "ok" if reason is None else "warn",
                  "reachable" if reason is None else f"not reachable from here ({reason})",
                  "" if reason is None else "models load from local directories or the hub cache "
                  f"({cache}) only: {sources.HINT}")]
@@ -130,6 +136,18 @@ def _models(conn: psycopg.Connection) -> list[Check]:
             out.append(Check(f"model {name}", "error", f"hub id {source!r} is not in the cache and the hub is not "
                              "reachable", sources.HINT))
     return out
+
+
+def _cache_dir() -> Check:
+    """Where workers on this machine keep models stored in the database (ml.blobs), unpacked."""
+    import platformdirs
+
+    d = Path(platformdirs.user_cache_dir("pgsight")) / "models"
+    if d.exists() and not os.access(d, os.W_OK):
+        return Check("model cache", "error", f"{d} is not writable", f"chmod u+w {d} (or run the worker as its owner)")
+    entries = [p for p in d.iterdir() if p.is_dir()] if d.exists() else []
+    size = sum(f.stat().st_size for p in entries for f in p.rglob("*") if f.is_file())
+    return Check("model cache", "ok", f"{d}: {len(entries)} stored model(s), {size / 1e6:.0f} MB")
 
 
 def run_checks(dsn: str) -> list[Check]:
