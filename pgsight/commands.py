@@ -77,9 +77,19 @@ class CliReporter(Reporter):
             self.close()
 
 
-def _reporter() -> Reporter:
-    """Progress bars on stderr; nothing with --quiet or --json (the base Reporter prints nothing)."""
-    return Reporter() if (state.quiet or state.json) else CliReporter(clikit.err_console())
+class QuietReporter(Reporter):
+    """--quiet / --json: no progress (the base Reporter prints nothing); warnings still on stderr."""
+
+    def warn(self, message: str) -> None:
+        clikit.warn(message)
+
+    def close(self) -> None:
+        pass
+
+
+def _reporter() -> CliReporter | QuietReporter:
+    """Progress bars on stderr; none with --quiet or --json."""
+    return QuietReporter() if (state.quiet or state.json) else CliReporter(clikit.err_console())
 
 
 def worker_roots(conn: psycopg.Connection) -> list[Path]:

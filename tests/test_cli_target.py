@@ -85,7 +85,7 @@ def test_two_servers_refuse_to_guess_and_every_command_names_its_target(env, tmp
         run(env, "server", "stop", "--data-dir", b)
 
     # nothing running: one line saying what to do, for every connecting command
-    for cmd in (["status"], ["show", "SELECT 1"], ["load-images", str(tmp_path), "-t", "x"]):
+    for cmd in (["status"], ["worker"], ["show", "SELECT 1"], ["load-images", str(tmp_path), "-t", "x"]):
         r = run(env, *cmd)
         assert r.returncode == 1
         assert r.stderr.strip() == ("error: no database given and no embedded server is running: give --dsn DSN "
@@ -99,6 +99,8 @@ def test_wrong_dsn_and_unmigrated_database_are_one_line(env, pgsight_dsn):
     assert r.returncode == 1 and target == f"database: {bad} (--dsn)"
     assert error == (f'error: database "no_such_db" does not exist ({bad}): fix the database name in the DSN, '
                      "or create it (CREATE DATABASE no_such_db) and run `pgsight migrate`")
+    r = run(env, "migrate", "--dsn", bad)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == error
     r = run(env, "doctor", "--dsn", bad)
     assert r.returncode == 1 and 'error connection: database "no_such_db" does not exist' in r.stdout
     r = run(env, "sql", "--dsn", pgsight_dsn, "--json", "SELECT * FROM no_such_table")
