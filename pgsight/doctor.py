@@ -154,9 +154,9 @@ def run_checks(dsn: str) -> list[Check]:
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
-        from pgsight.worker.startup import explain
+        from pgsight.worker.startup import diagnose
 
-        return [Check("connection", "error", explain(e, dsn).split(": ", 1)[0], explain(e, dsn).split(": ", 1)[-1])]
+        return [Check("connection", "error", *diagnose(e, dsn))]
     with conn:
         checks = [Check("connection", "ok", f"as {conn.info.user} to database {conn.info.dbname}")]
         checks += _server(conn)

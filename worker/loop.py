@@ -23,7 +23,7 @@ from pgsight.worker.images import ImageLoader
 from pgsight.worker.registry import ModelCache
 from pgsight.worker.rows import Batch, RowProcessor
 from pgsight.worker.rpc import RpcServer
-from pgsight.worker.startup import Backoff, explain
+from pgsight.worker.startup import Backoff, diagnose
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -150,7 +150,7 @@ class Worker:
                 backoff.succeeded()
                 return
             except psycopg.Error as e:  # wrong port/role/database, no ml schema yet: say why, retry with backoff
-                self.stop.wait(backoff.failed(explain(e, self.config.dsn)))
+                self.stop.wait(backoff.failed(*diagnose(e, self.config.dsn)))
 
     def _unregister(self) -> None:
         if not self.id:

@@ -14,41 +14,50 @@ import psycopg
 log = logging.getLogger("pgsight.worker")
 
 
-def _first_line(e: BaseException) -> str:
+def _cause(e: BaseException) -> str:
+    """libpq's reason without its prefixes: `connection to server at "h", port 1 failed: Connection refused`
+    → `Connection refused`."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    # libpq prefixes "connection failed: connection to server at ... failed:" — the cause is the last line
-    return lines[-1] if lines else type(e).__name__
+    if not lines:
+        return type(e).__name__
+    return lines[0].rsplit("failed: ", 1)[-1] if "failed: " in lines[0] else lines[0]
 
 
-def explain(e: BaseException, dsn: str = "") -> str:
-    """`cause: fix` for an error met while connecting or registering."""
+def diagnose(e: BaseException, dsn: str = "") -> tuple[str, str]:
+    """(cause, fix) for an error met while connecting or registering."""
     from pgsight.db.dsn import masked
 
     where = f" ({masked(dsn)})" if dsn else ""
     text = str(e)
-    cause = _first_line(e)
+    cause = _cause(e)
     if isinstance(e, (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName,
                       psycopg.errors.UndefinedTable)):
-        return (f"this database has no pgsight schema (ml){where}: run `pgsight migrate --dsn ...` on it, "
-                "or point the worker at the database that has it")
+        return (f"this database has no pgsight schema (ml){where}",
+                "run `pgsight migrate --dsn ...` on it, or point the worker at the database that has it")
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
-        return f"{cause}: the worker's role needs pgsight's worker grants (GRANT pgsight_worker TO <role>)"
+        return cause, "the worker's role needs pgsight's worker grants (GRANT pgsight_worker TO <role>)"
     m = re.search(r'role "([^"]+)" does not exist', text)
     if m:
-        return f'role "{m.group(1)}" does not exist{where}: fix the user in the DSN, or create it (CREATE ROLE {m.group(1)} LOGIN)'
+        return (f'role "{m.group(1)}" does not exist{where}',
+                f"fix the user in the DSN, or create it (CREATE ROLE {m.group(1)} LOGIN)")
     m = re.search(r'database "([^"]+)" does not exist', text)
     if m:
-        return (f'database "{m.group(1)}" does not exist{where}: fix the database name in the DSN, or create it '
-                f"(CREATE DATABASE {m.group(1)}) and run `pgsight migrate`")
+        return (f'database "{m.group(1)}" does not exist{where}',
+                f"fix the database name in the DSN, or create it (CREATE DATABASE {m.group(1)}) and run `pgsight migrate`")
     if "password authentication failed" in text or "no password supplied" in text:
-        return f"{cause}{where}: check the password (in the DSN, $PGPASSWORD or ~/.pgpass)"
+        return f"{cause}{where}", "check the password (in the DSN, $PGPASSWORD or ~/.pgpass)"
     if "pg_hba.conf" in text:
-        return f"{cause}: the server refuses this host/role: add a pg_hba.conf line for it"
+        return cause, "the server refuses this host/role: add a pg_hba.conf line for it"
     if ("Connection refused" in text or "No such file or directory" in text or "timeout expired" in text
             or "could not translate host name" in text or "Name or service not known" in text):
-        return (f"no server answers at {masked(dsn) or 'the DSN'} ({cause}): check the host and port, and that "
-                "PostgreSQL is running (`pgsight server start` for the embedded one)")
-    return f"{cause}{where}"
+        return (f"no server answers at {masked(dsn) or 'the DSN'} ({cause})",
+                "check the host and port, and that PostgreSQL is running (`pgsight server start` for the embedded one)")
+    return f"{cause}{where}", "check the DSN"
+
+
+def explain(e: BaseException, dsn: str = "") -> str:
+    """`cause: fix` in one line."""
+    return ": ".join(diagnose(e, dsn))
 
 
 class Backoff:
@@ -60,15 +69,16 @@ class Backoff:
         self.max_delay = max_delay
         self.tries = 0
 
-    def failed(self, message: str) -> float:
-        """Record a failure; log it as the rules above say; returns the seconds to wait."""
+    def failed(self, cause: str, fix: str = "") -> float:
+        """Record a failure; log it as the rules above say (the fix only the first time); returns the
+        seconds to wait."""
         self.tries += 1
         delay = min(self.first_delay * 2 ** (self.tries - 1), self.max_delay)
         if self.tries == 1:
-            log.error("cannot %s: %s; retrying with backoff (%.0fs, %.0fs, ... up to %.0fs)", self.what, message,
-                      delay, min(delay * 2, self.max_delay), self.max_delay)
+            log.error("cannot %s: %s; retrying with backoff (%.0fs, %.0fs, ... up to %.0fs)", self.what,
+                      f"{cause}: {fix}" if fix else cause, delay, min(delay * 2, self.max_delay), self.max_delay)
         elif self.tries & (self.tries - 1) == 0:
-            log.error("still failing after %d tries (last: %s); next try in %.0fs", self.tries, message, delay)
+            log.error("still failing after %d tries (last: %s); next try in %.0fs", self.tries, cause, delay)
         return delay
 
     def succeeded(self) -> None:
