@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from pgsight.db import migrate
 from pgsight.db.embedded import EmbeddedServer
 from pgsight.testing import running_worker
 
-console = Console(soft_wrap=True)  # a DSN is never split across lines, even in a log
+# a DSN is never split across lines, and a table is never squeezed to 80 columns in a log
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 #: sections after the pixels baseline, each a module in pgsight.demos with run(dsn, out, console) -> dict
 SECTIONS: list[str] = ["simclr", "clip", "vilt"]

@@ -156,6 +156,7 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
             "ORDER BY clip_emb <=> ml.embed_text('digits_clip', 'a handwritten seven') LIMIT 5;"
         )
         console.print(f"  → {search['top5']['seven']}")
+        conn.execute("SET hnsw.iterative_scan = strict_order")  # the WHERE clause must not leave fewer than 16
         sheet = sheets.save_query_sheet(
             conn, f"SELECT image_path, label FROM digits WHERE split = 'test' "
                   f"ORDER BY clip_emb <=> ml.embed_text('{MODEL}', 'a handwritten seven') LIMIT 16",
