@@ -23,6 +23,7 @@ def test_server_lifecycle_and_migrate(tmp_path):
         from pgsight.db.migrate import head
 
         assert f"revision {head()}" in first.stderr and f"database: {dsn} (--dsn)" in first.stderr
+        assert "already there" not in first.stderr
         second = pgsight("migrate", "--dsn", dsn)
         assert "already there" in second.stderr
         with psycopg.connect(dsn) as conn:
