@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 from conftest import write_png
+from pgsight.db import search
+from pgsight.db.orm import embedding_column, engine
 from pgvector.psycopg import register_vector
 from sqlalchemy import Integer, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from pgsight.db import search
-from pgsight.db.orm import embedding_column, engine
 from pgsight.testing import running_worker
 
 
