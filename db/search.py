@@ -26,7 +26,7 @@ log = logging.getLogger("pgsight")
 #: what `pgsight migrate` installs as database defaults (see docs/performance.md for the numbers)
 SETTINGS = {
     "hnsw.iterative_scan": "strict_order",
-    "hnsw.ef_search": "100",
+    "hnsw.ef_search": "200",
     "hnsw.max_scan_tuples": "20000",
 }
 
