@@ -178,6 +178,8 @@ class LoaderPool:
                 ctx.set_forkserver_preload([__name__])  # not the user's __main__: only what loading needs
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_child_init,
                                                  initargs=(self._loader_args(),))
+                for _ in range(self.processes):  # start them all now (the executor would one per idle miss)
+                    self._pool.submit(os.getpid)
             return self._pool
 
     def _restart(self, broken: ProcessPoolExecutor) -> None:
