@@ -22,6 +22,7 @@ writes bench/out/decode.json
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
 import os
 import statistics
@@ -155,7 +156,7 @@ def plain1(plain: Plain, paths: list[str], batch: int) -> float:
 
 def plain_mp(plain: Plain, pool, paths: list[str], batch: int) -> float:
     t0 = time.perf_counter()
-    feats = pool.imap(_mp_feature, paths, chunksize=8)
+    feats = pool.imap(importlib.import_module("bench_decode")._mp_feature, paths, chunksize=8)
     buf = []
     for f in feats:
         buf.append(f)
@@ -221,7 +222,8 @@ def main() -> None:
         for model in args.models.split(","):
             plain = Plain(model, clip, args.device)
             ctx = multiprocessing.get_context("forkserver")
-            with ctx.Pool(procs, initializer=_init, initargs=(model, str(clip) if clip else None)) as pool:
+            me = importlib.import_module("bench_decode")  # pool functions by an importable name, however this runs
+            with ctx.Pool(procs, initializer=me._init, initargs=(model, str(clip) if clip else None)) as pool:
                 for key, names in sets.items():
                     folder = args.photos / key
                     paths = [str(folder / n) for n in names]

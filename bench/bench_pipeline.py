@@ -7,6 +7,7 @@ Python loop with no database, in one run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
 import os
 import sys
@@ -55,7 +56,8 @@ def _feature(path: str) -> np.ndarray:
 
 def plain_processes(folder: Path, names: list[str], batch: int, pool) -> np.ndarray:
     """The same loop with a process per core (multiprocessing.Pool), as a user's best script would."""
-    feats = list(pool.imap(_feature, [str(folder / n) for n in names], chunksize=64))
+    feature = importlib.import_module("bench_pipeline")._feature  # an importable name, however this runs
+    feats = list(pool.imap(feature, [str(folder / n) for n in names], chunksize=64))
     return np.concatenate([l2_normalize(np.stack(feats[i:i + batch])) for i in range(0, len(feats), batch)])
 
 
