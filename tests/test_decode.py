@@ -150,3 +150,45 @@ def test_allocator_is_tuned_in_process():
 
     if ctypes.util.find_library("c") and "glibc" in " ".join(__import__("platform").libc_ver()):
         assert tune_allocator()
+
+
+def running(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_loader_processes_exit_when_the_worker_is_killed(tmp_path):
+    """kill -9 of the worker leaves no loader processes (nor their fork server) behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "a.jpg").write_bytes(photo(64, 48))
+    code = (
+        "import os, sys, time\n"
+        "from pgsight.worker.images import ImageLoader\n"
+        "from pgsight.worker.loaders import LoaderPool\n"
+        "from pgsight.worker.prep import GRAY, Prep\n"
+        f"pool = LoaderPool(ImageLoader([{str(tmp_path)!r}]), processes=2)\n"
+        "assert pool.load([(True, 'a.jpg', None)], Prep(GRAY, (4, 4))).ok == [0]\n"
+        "print(' '.join(str(p) for p in pool._pool._processes), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if running(p)]
+    assert not alive, f"loader processes {alive} outlived the worker"

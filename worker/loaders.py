@@ -19,6 +19,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import select
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -77,10 +78,30 @@ def load_into(loader: ImageLoader, out: np.ndarray, prep: Prep, items: list[Sour
 _CHILD: dict[str, Any] = {}
 
 
-def _child_init(loader_args: dict[str, Any]) -> None:
+def _child_init(loader_args: dict[str, Any], worker_pid: int | None = None) -> None:
     tune_allocator()
     _CHILD["loader"] = ImageLoader(**loader_args)
     _CHILD["maps"] = OrderedDict()
+    if worker_pid:
+        threading.Thread(target=_exit_with, args=(worker_pid,), name="pgsight-loader-watch", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Exit when the worker does, even by SIGKILL: a pool process holds both ends of its task pipe
+    and would wait forever (and keep the fork server alive)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    select.select([fd], [], [])  # readable once the process has exited
+    os._exit(0)
 
 
 def _map(name: str) -> mmap.mmap:
@@ -177,7 +198,7 @@ class LoaderPool:
                 ctx = multiprocessing.get_context("forkserver")
                 ctx.set_forkserver_preload([__name__])  # not the user's __main__: only what loading needs
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_child_init,
-                                                 initargs=(self._loader_args(),))
+                                                 initargs=(self._loader_args(), os.getpid()))
                 for _ in range(self.processes):  # start them all now (the executor would one per idle miss)
                     self._pool.submit(os.getpid)
             return self._pool
