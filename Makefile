@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test faults bench lint clean
+.PHONY: venv demo test test-containers faults bench lint clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the testcontainers path and the compose stack under podman (images built here; docs/deploy.md)
+test-containers: venv
+	containers/test-containers.sh
 
 faults: venv
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)

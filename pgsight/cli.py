@@ -60,7 +60,10 @@ def server_url(data_dir: Optional[Path] = DataDirOpt) -> None:
 
 @app.command()
 def migrate(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
-            revision: str = typer.Option("head", help="target revision")) -> None:
+            revision: str = typer.Option("head", help="target revision"),
+            worker_role: Optional[str] = typer.Option(
+                None, "--worker-role", help="also create/update this LOGIN role in pgsight_worker for the worker "
+                "(password from $PGSIGHT_WORKER_PASSWORD when set); prints its DSN")) -> None:
     """Install or upgrade the `ml` schema (CREATE EXTENSION vector, dblink included). Idempotent."""
     from pgsight.db import migrate as m
     from pgsight.db.dsn import resolve
@@ -73,15 +76,38 @@ def migrate(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
         _fail(str(e))
     after = m.current(target)
     console.print(f"ml schema at revision {after}" + ("" if before != after else " (already there)"))
+    if worker_role:
+        _worker_role(target, worker_role)
+
+
+def _worker_role(dsn: str, name: str) -> str:
+    """Provision the worker's least-privileged role; prints its DSN (password hidden) to stdout."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from pgsight.db.roles import provision_worker_role
+
+    try:
+        worker_dsn = provision_worker_role(dsn, name)
+    except RuntimeError as e:
+        _fail(str(e))
+    shown = conninfo_to_dict(worker_dsn)
+    if shown.get("password"):
+        shown["password"] = "$PGSIGHT_WORKER_PASSWORD"
+    console.print(f"worker role {name} (member of pgsight_worker) ready; run: pgsight worker --dsn DSN")
+    print(make_conninfo("", **shown))
+    return worker_dsn
 
 
 def _run_worker(dsn: str, image_root: list[Path], device: str, batch_size: int, allow_urls: bool,
-                jobs: bool = True) -> None:
+                jobs: bool = True, allow_superuser: bool = False) -> None:
+    from pgsight.db.roles import is_superuser, superuser_warning
     from pgsight.worker.loop import Worker, WorkerConfig
 
     for root in image_root:
         if not root.is_dir():
             _fail(f"image root {root} is not a directory")
+    if not allow_superuser and is_superuser(dsn):
+        logging.getLogger("pgsight.worker").warning("!" * 20 + " " + superuser_warning(dsn) + " " + "!" * 20)
     worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_root), device=device, batch_size=batch_size,
                                  allow_urls=allow_urls, jobs=jobs))
     stops = {"n": 0}
@@ -106,12 +132,22 @@ def worker(dsn: Optional[str] = DsnOpt,
            batch_size: int = typer.Option(256, "--batch-size", min=1, help="rows claimed per batch"),
            allow_urls: bool = typer.Option(False, "--allow-urls", help="fetch http(s) image URLs"),
            no_jobs: bool = typer.Option(False, "--no-jobs", help="leave training/evaluation jobs to other workers"),
+           allow_superuser: bool = typer.Option(False, "--allow-superuser",
+                                                help="no warning when the DSN logs in as a superuser"),
            log_level: str = typer.Option("INFO", "--log-level")) -> None:
     """Run a worker: compute queued rows, training jobs and query-time requests."""
     from pgsight.db.dsn import resolve
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _run_worker(resolve(dsn, start=False), image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs)
+    target = resolve(dsn, start=False)
+    if not dsn and not os.environ.get("PGSIGHT_DSN"):  # the embedded server: its worker logs in as no superuser
+        from pgsight.db.roles import DEFAULT_WORKER_ROLE, provision_worker_role
+
+        try:
+            target = provision_worker_role(target, DEFAULT_WORKER_ROLE)
+        except RuntimeError as e:  # not migrated yet: the worker says what is missing
+            logging.getLogger("pgsight.worker").warning("%s", e)
+    _run_worker(target, image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs, allow_superuser)
 
 
 @app.command()
@@ -122,10 +158,14 @@ def up(data_dir: Optional[Path] = DataDirOpt,
     from pgsight.db import migrate as m
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from pgsight.db.roles import DEFAULT_WORKER_ROLE, provision_worker_role
+
     dsn = _server(data_dir).start()
     m.upgrade(dsn)
-    console.print(f"database: [bold]{dsn}[/bold]\n  psql '{dsn}'")
-    _run_worker(dsn, image_root or [Path.cwd()], device, batch_size, False)
+    worker_dsn = provision_worker_role(dsn, DEFAULT_WORKER_ROLE)  # the worker is no superuser
+    console.print(f"database: [bold]{dsn}[/bold]\n  psql '{dsn}'\n"
+                  f"worker logs in as {DEFAULT_WORKER_ROLE} (member of pgsight_worker): {worker_dsn}")
+    _run_worker(worker_dsn, image_root or [Path.cwd()], device, batch_size, False)
 
 
 @app.command()

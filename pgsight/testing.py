@@ -3,6 +3,9 @@
 One DSN seam: `$PGSIGHT_TEST_DSN` (an admin DSN of a server with pgvector) if set, else a
 testcontainers pgvector container when a Docker engine answers, else the embedded server in a
 temporary directory. Each test gets its own database, copied from a migrated template (fast).
+`$PGSIGHT_TEST_SERVER` (dsn | testcontainers | embedded) insists on one; the container's image is
+`$PGSIGHT_TEST_IMAGE` (default pgvector/pgvector:pg17). Any Docker-API engine works, podman's
+included (`DOCKER_HOST=unix:///.../podman.sock TESTCONTAINERS_RYUK_DISABLED=true`, docs/deploy.md).
 
     from pgsight.testing import TestServer
     with TestServer() as server, server.database() as dsn:
@@ -34,7 +37,8 @@ PGVECTOR_IMAGE = os.environ.get("PGSIGHT_TEST_IMAGE", "pgvector/pgvector:pg17")
 
 def docker_available() -> bool:
     """True when a Docker engine answers (the client alone is not enough)."""
-    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
         return False
     try:
         import docker
@@ -73,10 +77,24 @@ class TestServer:
     def start(self) -> None:
         if os.environ.get("PGSIGHT_TEST_DSN") and self.prefer in (None, "dsn"):
             self.kind, self.admin_dsn = "dsn", os.environ["PGSIGHT_TEST_DSN"]
+        elif self.prefer == "testcontainers" and not docker_available():
+            raise RuntimeError(
+                "PGSIGHT_TEST_SERVER=testcontainers but no Docker engine answers at "
+                f"{os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}: start one (with podman: "
+                "containers/podman.sh service, then set DOCKER_HOST), or unset PGSIGHT_TEST_SERVER")
         elif self.prefer in (None, "testcontainers") and docker_available():
-            from testcontainers.postgres import PostgresContainer
+            try:
+                from testcontainers.community.postgres import PostgresContainer
+            except ImportError:  # testcontainers < 4.14
+                from testcontainers.postgres import PostgresContainer
 
-            self._container = PostgresContainer(PGVECTOR_IMAGE, driver=None).start()
+            container = PostgresContainer(PGVECTOR_IMAGE, driver=None)
+            try:
+                container.start()
+            except BaseException:  # a container that never got ready: remove it (no reaper under podman)
+                container.stop()
+                raise
+            self._container = container
             self.kind, self.admin_dsn = "testcontainers", self._container.get_connection_url()
         else:
             from pgsight.db.embedded import EmbeddedServer

@@ -132,7 +132,7 @@ def test_cancel_stops_training(dsn, digits, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [digits], cache_dir=tmp_path / "cache"):
         job = build(conn, "long", {**TINY, "max_epochs": 10000})
         wait_for(lambda: conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s",
-                                      (f"job/{job}/checkpoint/%",)).fetchone()[0] > 0)
+                                      (f"job/{job}/checkpoint/%",)).fetchone()[0] > 0, timeout=60)  # a loaded machine
         assert conn.execute("SELECT ml.cancel(%s)", (job,)).fetchone()[0] == "cancelled"
         # the worker drops the job and takes the next one
         quick = build(conn, "quick", {**TINY, "max_epochs": 1})
@@ -142,6 +142,9 @@ def test_cancel_stops_training(dsn, digits, tmp_path):
         assert conn.execute("SELECT count(*) FROM ml.models WHERE name = 'long'").fetchone()[0] == 0
         # its checkpoints are gone with it
         assert conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s", (f"job/{job}/%",)).fetchone()[0] == 0
+        # and so are the snapshots of its rows, of the cancelled job and of the finished one
+        for j in (job, quick):
+            assert conn.execute("SELECT to_regclass(%s)", (f"ml.snapshot_{j}",)).fetchone()[0] is None
 
 
 def test_killed_worker_resumes_from_checkpoint(dsn, digits, tmp_path):

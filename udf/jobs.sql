@@ -17,7 +17,9 @@ BEGIN
     END IF;
     LOOP
         SELECT r.status, r.error INTO st, err
-        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s', job_id)) AS r(status text, error text);
+        -- the loopback may be a role that sees every job: ask for the caller's own (or one it may change)
+        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s AND ml._may_change(%L, owner)',
+                                 job_id, current_user)) AS r(status text, error text);
         IF st IS NULL THEN
             IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id) THEN
                 RAISE EXCEPTION 'pgsight: job % was created in this transaction and no worker can see it yet', job_id
@@ -43,22 +45,9 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.cancel(job_id bigint) RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
-DECLARE
-    st text;
-BEGIN
-    UPDATE ml.jobs j SET status = 'cancelled', finished_at = now()
-    WHERE j.id = job_id AND j.status IN ('queued', 'running') RETURNING j.status INTO st;
-    IF st IS NULL THEN
-        SELECT j.status INTO st FROM ml.jobs j WHERE j.id = job_id;
-        IF st IS NULL THEN
-            RAISE EXCEPTION 'pgsight: no job %', job_id;
-        END IF;
-        RETURN st;  -- already over
-    END IF;
-    DELETE FROM ml.queue q WHERE q.job_id = cancel.job_id;
-    RETURN st;
-END $$;
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    SELECT ml._job_cancel(job_id, current_user)  -- the caller's own jobs (pgsight_admin: any)
+$$;
 
 -- Worker: take the oldest queued training/evaluation job of the given kinds.
 CREATE OR REPLACE FUNCTION ml.claim_job(worker bigint, kinds text[] DEFAULT '{train,evaluate}')

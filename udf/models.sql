@@ -19,10 +19,13 @@ BEGIN
     IF jsonb_typeof(opts) <> 'object' THEN
         RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', opts;
     END IF;
-    SELECT * INTO existing FROM ml.models m WHERE m.name = load_model.name FOR UPDATE;
+    SELECT * INTO existing FROM ml.models m WHERE m.name = load_model.name;
     IF FOUND AND NOT coalesce((opts->>'overwrite')::boolean, false) THEN
         RAISE EXCEPTION 'pgsight: model % already exists', quote_literal(name)
             USING HINT = 'pass options => ''{"overwrite": true}'' to replace it, or ml.drop_model first';
+    END IF;
+    IF existing.name IS NOT NULL THEN  -- before the worker opens anything: may the caller replace it?
+        PERFORM ml._check_model_change(current_user, existing);
     END IF;
 
     IF kind = 'pixels' THEN
@@ -42,14 +45,9 @@ BEGIN
             greatest(ml.setting('rpc_timeout')::interval, interval '10 minutes'));
     END IF;
 
-    INSERT INTO ml.models AS m (name, kind, source, status, dim, metric, options, info, stored)
-    VALUES (name, kind, source, 'ready', (described->>'dim')::int, k.metric, opts - 'overwrite',
-            coalesce(described->'info', '{}'), false)
-    ON CONFLICT ON CONSTRAINT models_pkey DO UPDATE
-        SET kind = EXCLUDED.kind, source = EXCLUDED.source, status = 'ready', dim = EXCLUDED.dim,
-            metric = EXCLUDED.metric, options = EXCLUDED.options, info = EXCLUDED.info,
-            stored = false, version = m.version + 1, updated_at = now();
-    IF existing.name IS NOT NULL THEN
+    -- SECURITY DEFINER: checks ownership again and records the caller as the owner of a new model
+    IF ml._model_put(current_user, name, kind, source, (described->>'dim')::int, opts - 'overwrite',
+                     coalesce(described->'info', '{}')) THEN
         PERFORM ml._model_replaced(name);
     END IF;
     RETURN name;
@@ -71,30 +69,14 @@ BEGIN
             EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s.vector(%s) USING NULL',
                            t.table_name, t.result_col, ml._vector_schema(), new_dim);
             IF new_dim <= 2000 AND t.index_state <> 'none' THEN
-                UPDATE ml.tasks SET index_state = 'pending' WHERE id = t.id;
+                PERFORM ml._task_index_state(t.id, current_user, 'pending');
             END IF;
         END IF;
         PERFORM ml._backfill(t.id);
     END LOOP;
-    DELETE FROM ml.blobs b WHERE starts_with(b.key, 'model/' || model_name || '/')
-        AND NOT starts_with(b.key, format('model/%s/%s/', model_name,
-                                          (SELECT version FROM ml.models WHERE name = model_name)));
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.drop_model(name text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
-DECLARE
-    users text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM ml.models m WHERE m.name = drop_model.name) THEN
-        RAISE EXCEPTION 'pgsight: no model named %', quote_literal(name);
-    END IF;
-    SELECT string_agg(format('%s.%I', t.table_name, t.result_col), ', ') INTO users
-    FROM ml.tasks t WHERE t.model = drop_model.name;
-    IF users IS NOT NULL THEN
-        RAISE EXCEPTION 'pgsight: model % is used by %', quote_literal(name), users
-            USING HINT = 'drop those columns first with ml.drop_embedding / ml.drop_prediction';
-    END IF;
-    DELETE FROM ml.blobs b WHERE starts_with(b.key, 'model/' || drop_model.name || '/');
-    DELETE FROM ml.models m WHERE m.name = drop_model.name;
-END $$;
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+    SELECT ml._model_drop(current_user, name)  -- the owner or pgsight_admin, and no column uses it
+$$;

@@ -1,5 +1,9 @@
 -- Roles and privileges for a least-privilege setup (applied last, idempotent).
---   pgsight_user     group role for people and applications that call ml.* on their own tables
+--   pgsight_user     group role for people and applications that call ml.* on their own tables:
+--                    they read ml tables (row-level security shows them their own tasks, jobs,
+--                    errors and queue rows; models are read by all) and change them only through
+--                    ml functions (udf/security.sql); no INSERT/UPDATE/DELETE of their own
+--   pgsight_admin    sees every row; may replace, drop or cancel any user's models and jobs
 --   pgsight_worker   group role for the worker's login role: the ml queue, and exactly the columns
 --                    of user tables that pgsight columns read and write (granted per column)
 --   pgsight_loopback the role the loopback connection may log in as (query-time requests, job
@@ -10,7 +14,7 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['pgsight_user', 'pgsight_worker', 'pgsight_loopback'] LOOP
+    FOREACH r IN ARRAY ARRAY['pgsight_user', 'pgsight_worker', 'pgsight_loopback', 'pgsight_admin'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
             BEGIN
                 EXECUTE format('CREATE ROLE %I NOLOGIN', r);
@@ -24,19 +28,22 @@ BEGIN
     REVOKE ALL ON SCHEMA ml FROM PUBLIC;
     REVOKE ALL ON ALL TABLES IN SCHEMA ml FROM PUBLIC;
     REVOKE ALL ON ALL ROUTINES IN SCHEMA ml FROM PUBLIC;
-    GRANT USAGE ON SCHEMA ml TO pgsight_user, pgsight_worker, pgsight_loopback;
-    GRANT EXECUTE ON ALL ROUTINES IN SCHEMA ml TO pgsight_user, pgsight_worker, pgsight_loopback;
+    GRANT USAGE ON SCHEMA ml TO pgsight_user, pgsight_worker, pgsight_loopback, pgsight_admin;
+    GRANT EXECUTE ON ALL ROUTINES IN SCHEMA ml TO pgsight_user, pgsight_worker, pgsight_loopback, pgsight_admin;
     GRANT USAGE ON ALL SEQUENCES IN SCHEMA ml TO pgsight_user, pgsight_worker, pgsight_loopback;
+    -- what older versions granted users, taken back (this file is re-applied to existing databases)
+    REVOKE ALL ON ml.settings, ml.model_kinds, ml.models, ml.blobs, ml.tasks, ml.workers, ml.jobs, ml.queue,
+        ml.errors FROM pgsight_user, pgsight_admin;
 
-    -- users: register models, declare columns, queue and follow jobs
-    GRANT SELECT ON ml.settings, ml.model_kinds, ml.workers, ml.errors TO pgsight_user;
-    GRANT SELECT, INSERT, UPDATE, DELETE ON ml.models, ml.tasks, ml.jobs, ml.queue TO pgsight_user;
-    GRANT SELECT, DELETE ON ml.blobs TO pgsight_user;
+    -- users: read; every change goes through ml functions (the SECURITY DEFINER helpers of security.sql)
+    GRANT SELECT ON ml.settings, ml.model_kinds, ml.workers, ml.models, ml.tasks, ml.jobs, ml.queue, ml.errors
+        TO pgsight_user, pgsight_admin;
     GRANT SELECT, INSERT, DELETE ON ml.rpc TO pgsight_user;
-    -- the loopback session: query-time requests, job status, jobs submitted on a user's behalf
+    -- the loopback session: query-time requests, job status (evaluation jobs: ml._job_submit)
     GRANT SELECT ON ml.settings, ml.workers TO pgsight_loopback;
     GRANT SELECT, INSERT, UPDATE, DELETE ON ml.rpc TO pgsight_loopback;
-    GRANT SELECT, INSERT ON ml.jobs TO pgsight_loopback;
+    REVOKE INSERT, UPDATE, DELETE ON ml.jobs FROM pgsight_loopback;
+    GRANT SELECT ON ml.jobs TO pgsight_loopback;
     -- workers: the whole queue side of ml (not ml.loopback)
     GRANT SELECT, INSERT, UPDATE, DELETE ON ml.settings, ml.model_kinds, ml.models, ml.blobs, ml.tasks, ml.workers,
         ml.jobs, ml.queue, ml.errors, ml.rpc TO pgsight_worker;

@@ -116,11 +116,9 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I text, ADD COLUMN %I real', tbl, result_col, result_col || '_score');
     END IF;
 
-    INSERT INTO ml.tasks (table_name, kind, model, source_col, result_col, modality, question, key_col, key_type, index_name)
-    VALUES (tbl, task_kind, model_name, source_col, result_col, modality, question, chk.key_col, chk.key_type,
-            CASE WHEN task_kind = 'embedding' THEN
-                left(format('%s_%s_hnsw', (SELECT relname FROM pg_class WHERE oid = tbl), result_col), 63) END)
-    RETURNING id INTO tid;
+    tid := ml._task_add(current_user, tbl, task_kind, model_name, source_col, result_col, modality, question,
+                        chk.key_col, chk.key_type, CASE WHEN task_kind = 'embedding' THEN
+                            left(format('%s_%s_hnsw', (SELECT relname FROM pg_class WHERE oid = tbl), result_col), 63) END);
 
     -- New rows: one statement-level trigger (a bulk INSERT queues its rows in one go).
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
@@ -142,7 +140,7 @@ BEGIN
             IF index_mode = 'now' OR queued < ml.setting('index_defer_rows')::bigint THEN
                 PERFORM ml._create_index(tid);
             ELSE
-                UPDATE ml.tasks SET index_state = 'pending' WHERE id = tid;
+                PERFORM ml._task_index_state(tid, current_user, 'pending');
             END IF;
         END IF;
     END IF;
@@ -160,7 +158,7 @@ BEGIN
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
                    t.result_col, ml._vector_schema(), coalesce(storage, 'vector') ||
                    CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END);
-    UPDATE ml.tasks SET index_state = 'ready' WHERE id = tid;
+    PERFORM ml._task_index_state(tid, current_user, 'ready');
 END $$;
 
 -- Worker: build one pending index whose backfill has no rows left. One transaction: a worker that
@@ -207,32 +205,17 @@ EXCEPTION WHEN insufficient_privilege THEN
         CASE WHEN grant_it THEN 'grant' ELSE 'revoke from' END, t.table_name, SQLERRM;
 END $$;
 
--- Queue every row of a task in a new backfill job; returns the job id.
+-- Queue every row of a task in a new backfill job; returns the job id. The keys are read with the
+-- caller's rights; ml._backfill_job (SECURITY DEFINER) queues them.
 CREATE OR REPLACE FUNCTION ml._backfill(tid int) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
-    v int := (SELECT version FROM ml.models WHERE name = t.model);
-    jid bigint;
-    n bigint;
+    keys text[];
 BEGIN
-    -- the task records which model version its results come from; a re-registered model backfills again
-    UPDATE ml.tasks SET model_version = v WHERE id = tid;
-    INSERT INTO ml.jobs (kind, model, table_name, task_id, params)
-    VALUES ('backfill', t.model, t.table_name::text, t.id,
-            jsonb_build_object('column', t.result_col, 'source_col', t.source_col, 'model_version', v))
-    RETURNING id INTO jid;
-    EXECUTE format('INSERT INTO ml.queue (task_id, key, job_id) SELECT %s, %I::text, %s FROM %s WHERE %I IS NOT NULL',
-                   tid, t.key_col, jid, t.table_name, t.source_col);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    UPDATE ml.jobs SET total = n,
-        status = CASE WHEN n = 0 THEN 'done' ELSE status END,
-        finished_at = CASE WHEN n = 0 THEN now() END
-    WHERE id = jid;
-    IF n > 0 THEN
-        PERFORM pg_notify('ml_work', tid::text);
-    END IF;
-    RETURN jid;
+    EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I IS NOT NULL', t.key_col, t.table_name, t.source_col)
+    INTO keys;
+    RETURN ml._backfill_job(tid, current_user, keys);
 END $$;
 
 -- Trigger functions are SECURITY DEFINER: whoever writes the user's table (an application role
@@ -243,7 +226,9 @@ DECLARE
     t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = TG_ARGV[0]::int);
     n bigint;
 BEGIN
-    IF t.id IS NULL THEN
+    -- the task's table (or a partition of it), not a trigger some user pointed at another's task
+    IF t.id IS NULL OR (t.table_name <> TG_RELID
+                        AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
         RETURN NULL;
     END IF;
     EXECUTE format('INSERT INTO ml.queue (task_id, key) SELECT %s, %I::text FROM new_rows WHERE %I IS NOT NULL',
@@ -260,6 +245,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     k text;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = TG_ARGV[0]::int
+                   AND (t.table_name = TG_RELID
+                        OR t.table_name IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a))) THEN
+        RETURN NULL;  -- a trigger some user pointed at another's task
+    END IF;
     EXECUTE format('SELECT ($1).%I::text', TG_ARGV[1]) USING NEW INTO k;
     INSERT INTO ml.queue (task_id, key) VALUES (TG_ARGV[0]::int, k);
     PERFORM pg_notify('ml_work', TG_ARGV[0]);
@@ -310,10 +300,7 @@ BEGIN
     IF task_kind = 'prediction' THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, col || '_score');
     END IF;
-    DELETE FROM ml.queue WHERE task_id = t.id;
-    UPDATE ml.jobs SET status = 'cancelled', finished_at = now(), error = 'column dropped'
-    WHERE task_id = t.id AND status IN ('queued', 'running');
-    DELETE FROM ml.tasks WHERE id = t.id;
+    PERFORM ml._tasks_forget(ARRAY[t.id]);  -- its queue rows, open jobs and the task
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.drop_embedding(table_name regclass, result_col text) RETURNS void
@@ -329,21 +316,13 @@ $$;
 -- A user table (or a result column) dropped with plain DDL takes its pgsight task along.
 CREATE OR REPLACE FUNCTION ml._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, ml AS $$
-DECLARE
-    gone int[];
 BEGIN
     IF to_regclass('ml.tasks') IS NULL THEN
         RETURN;  -- the ml schema itself is being dropped
     END IF;
-    SELECT array_agg(t.id) INTO gone
-    FROM pg_event_trigger_dropped_objects() o JOIN ml.tasks t ON t.table_name::oid = o.objid
-    WHERE o.object_type = 'table'
-       OR (o.object_type = 'table column' AND o.address_names[cardinality(o.address_names)] = t.result_col);
-    IF gone IS NOT NULL THEN
-        DELETE FROM ml.queue WHERE task_id = ANY (gone);
-        UPDATE ml.jobs SET status = 'cancelled', error = 'table or column dropped', finished_at = now()
-        WHERE task_id = ANY (gone) AND status IN ('queued', 'running');
-        DELETE FROM ml.tasks WHERE id = ANY (gone);
+    -- the dropping role may not see the tasks (another role's): ml._tasks_forget looks at all of them
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() o WHERE o.object_type IN ('table', 'table column')) THEN
+        PERFORM ml._tasks_forget(NULL);
     END IF;
 END $$;
 

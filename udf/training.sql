@@ -35,13 +35,12 @@ BEGIN
     RETURN defaults || options;
 END $$;
 
--- The columns a query returns, without running it. Not pinned to a search_path on purpose: the
--- user's query resolves its names the way the caller's session does (every name here is qualified).
-CREATE OR REPLACE FUNCTION ml._query_columns(query text) RETURNS text[]
-LANGUAGE plpgsql VOLATILE AS $$
+-- The columns of a query and their types (user-defined and domain types become text, so that a
+-- snapshot holds built-in types only), without running it.
+CREATE OR REPLACE FUNCTION ml._query_shape(query text, OUT name text, OUT typ pg_catalog.regtype)
+RETURNS SETOF record LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     view_name text := 'pgsight_query_' || pg_catalog.pg_backend_pid();
-    cols text[];
 BEGIN
     IF query IS NULL OR pg_catalog.btrim(query) = '' THEN
         RAISE EXCEPTION 'pgsight: the query is empty';
@@ -51,43 +50,53 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         RAISE EXCEPTION 'pgsight: the query does not run: %', SQLERRM USING HINT = 'query: ' || query;
     END;
-    SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) INTO cols FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = pg_catalog.format('pg_temp.%I', view_name)::pg_catalog.regclass AND a.attnum > 0;
+    RETURN QUERY
+        SELECT a.attname::text,
+               CASE WHEN t.typnamespace = 'pg_catalog'::pg_catalog.regnamespace AND t.typtype OPERATOR(pg_catalog.=) ANY ('{b,e,r,m}'::"char"[])
+                    THEN a.atttypid::pg_catalog.regtype ELSE 'pg_catalog.text'::pg_catalog.regtype END
+        FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+        WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.format('pg_temp.%I', view_name)::pg_catalog.regclass
+          AND a.attnum OPERATOR(pg_catalog.>) 0
+        ORDER BY a.attnum;
     EXECUTE pg_catalog.format('DROP VIEW pg_temp.%I', view_name);
-    RETURN cols;
 END $$;
 
--- Insert a job; with `alone` it commits on its own (ml.wait works in the same statement).
-CREATE OR REPLACE FUNCTION ml._submit_job(kind text, model text, params jsonb, alone boolean) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
-DECLARE
-    jid bigint;
-BEGIN
-    IF alone THEN
-        jid := ml._autonomous(format('INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id',
-                                     kind, model, params))::bigint;
-    ELSE
-        INSERT INTO ml.jobs (kind, model, params) VALUES (kind, model, params) RETURNING id INTO jid;
-    END IF;
-    PERFORM pg_notify('ml_work', 'job');
-    RETURN jid;
-END $$;
+-- The columns a query returns, without running it. Not pinned to a search_path on purpose: the
+-- user's query resolves its names the way the caller's session does (every name here is qualified).
+CREATE OR REPLACE FUNCTION ml._query_columns(query text) RETURNS text[]
+LANGUAGE sql VOLATILE AS $$
+    SELECT pg_catalog.array_agg(c.name ORDER BY c.i) FROM ml._query_shape(query) WITH ORDINALITY AS c(name, typ, i)
+$$;
+
+-- The SELECT list that casts a query's columns to their snapshot types.
+CREATE OR REPLACE FUNCTION ml._snapshot_select(names text[], types pg_catalog.regtype[]) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+    SELECT string_agg(format('q.%I::%s', c.name, c.typ), ', ' ORDER BY c.i)
+    FROM unnest(names, types) WITH ORDINALITY AS c(name, typ, i)
+$$;
 
 -- Takes the caller's search_path (no SET clause): the query's names resolve as in the caller's
--- session, here and in the worker (which runs it with the search_path recorded in the job).
+-- session. The query runs here, once, in the caller's transaction and with the caller's rights: its
+-- rows go into the job's snapshot (ml.snapshot_<job id>), which is all the worker reads. ROLLBACK
+-- undoes the job; COMMIT, then ml.wait(job).
 CREATE OR REPLACE FUNCTION ml.build_model(name text, kind text, query text, options jsonb DEFAULT '{}')
 RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    alone boolean := ml._may_commit_alone();  -- decided before _query_columns writes a temp view
     opts jsonb;
     cols text[];
+    types pg_catalog.regtype[];
     key text;
+    jid bigint;
+    existing ml.models;
 BEGIN
     PERFORM ml._check_name('model', name);
     opts := ml._train_options(kind, coalesce(options, '{}'));
-    IF EXISTS (SELECT 1 FROM ml.models m WHERE m.name = build_model.name) AND NOT (opts->>'overwrite')::boolean THEN
+    SELECT * INTO existing FROM ml.models m WHERE m.name = build_model.name;
+    IF existing.name IS NOT NULL AND NOT (opts->>'overwrite')::boolean THEN
         RAISE EXCEPTION 'pgsight: model % already exists', pg_catalog.quote_literal(name)
             USING HINT = 'pass "overwrite": true in the options to train it again';
+    ELSIF existing.name IS NOT NULL THEN
+        PERFORM ml._check_model_change(current_user, existing);
     END IF;
     IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.kind = 'train' AND j.model = build_model.name
                AND j.status IN ('queued', 'running')) THEN
@@ -99,9 +108,8 @@ BEGIN
         -- a bare word that is no registered model and no hub id (owner/name) or path
         RAISE EXCEPTION 'pgsight: base % is neither a registered model nor a hub id or directory', opts->>'base';
     END IF;
-    cols := ml._query_columns(query);
-    -- the worker runs the query with its own role: check now that the caller may read all of it
-    EXECUTE 'SELECT FROM (' || query || ') AS q LIMIT 0';
+    SELECT pg_catalog.array_agg(s.name ORDER BY s.i), pg_catalog.array_agg(s.typ ORDER BY s.i) INTO cols, types
+    FROM ml._query_shape(query) WITH ORDINALITY AS s(name, typ, i);
     FOR key IN SELECT k FROM pg_catalog.jsonb_object_keys(opts) k WHERE k LIKE '%\_col' LOOP
         IF opts->>key IS NOT NULL AND NOT (opts->>key) = ANY (cols) THEN
             RAISE EXCEPTION 'pgsight: option % names column %, which the query does not return', key,
@@ -109,9 +117,12 @@ BEGIN
                 USING HINT = 'the query returns: ' || pg_catalog.array_to_string(cols, ', ');
         END IF;
     END LOOP;
-    RETURN ml._submit_job('train', name, pg_catalog.jsonb_build_object('kind', kind, 'query', query, 'options', opts,
-                                                               'search_path', pg_catalog.current_setting('search_path')),
-                          alone);
+    jid := ml._job_submit(current_user, 'train', name,
+                          pg_catalog.jsonb_build_object('kind', kind, 'query', query, 'options', opts), cols, types);
+    EXECUTE pg_catalog.format('INSERT INTO ml.%I SELECT %s FROM (%s) AS q', ml._snapshot_name(jid),
+                              ml._snapshot_select(cols, types), query);
+    PERFORM ml._snapshot_seal(jid, current_user);
+    RETURN jid;
 END $$;
 
 -- Worker: a training job finished; its weights were written under ml.blobs 'job/<id>/model/'.
@@ -121,12 +132,16 @@ DECLARE
     j ml.jobs := (SELECT j FROM ml.jobs j WHERE id = job_id);
     v int;
     existed boolean;
+    old ml.models := (SELECT m FROM ml.models m WHERE m.name = j.model FOR UPDATE);
 BEGIN
-    existed := EXISTS (SELECT 1 FROM ml.models WHERE name = j.model);
-    INSERT INTO ml.models AS m (name, kind, source, status, dim, metric, options, info, stored)
+    existed := old.name IS NOT NULL;
+    IF existed AND j.owner IS NOT NULL THEN  -- replaced since the job was submitted? the owner's rights count
+        PERFORM ml._check_model_change(j.owner, old);
+    END IF;
+    INSERT INTO ml.models AS m (name, kind, source, status, dim, metric, options, info, stored, owner)
     VALUES (j.model, j.params->>'kind', NULL, 'ready', dim,
             (SELECT metric FROM ml.model_kinds k WHERE k.kind = j.params->>'kind'),
-            j.params->'options', coalesce(info, '{}'), true)
+            j.params->'options', coalesce(info, '{}'), true, j.owner)
     ON CONFLICT ON CONSTRAINT models_pkey DO UPDATE
         SET kind = EXCLUDED.kind, source = NULL, status = 'ready', dim = EXCLUDED.dim, metric = EXCLUDED.metric,
             options = EXCLUDED.options, info = EXCLUDED.info, stored = true, version = m.version + 1,
@@ -136,6 +151,8 @@ BEGIN
     WHERE starts_with(key, format('job/%s/model/', job_id));
     IF existed THEN
         PERFORM ml._model_replaced(j.model);
+        DELETE FROM ml.blobs b WHERE starts_with(b.key, 'model/' || j.model || '/')
+            AND NOT starts_with(b.key, format('model/%s/%s/', j.model, v));
     END IF;
     RETURN v;
 END $$;
@@ -143,11 +160,14 @@ END $$;
 CREATE OR REPLACE FUNCTION ml._job_result(jid bigint, OUT result jsonb, OUT error text)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
     SELECT r.result::jsonb, r.error
-    FROM dblink(ml._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s', jid))
+    FROM dblink(ml._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s AND ml._may_change(%L, owner)',
+                                       jid, current_user))
          AS r(result text, error text)
 $$;
 
--- Run an evaluation job and wait for its result (the worker computes; the result is JSON).
+-- Run an evaluation job and wait for its result (the worker computes; the result is JSON). The query
+-- runs here, with the caller's rights; its rows travel, as data, with the job that is committed
+-- through the loopback connection (a worker must see it while we wait).
 CREATE OR REPLACE FUNCTION ml._evaluate(what text, model_name text, query text, options jsonb) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$  -- the caller's search_path, as ml.build_model
 DECLARE
@@ -155,6 +175,9 @@ DECLARE
     st text;
     res jsonb;
     err text;
+    cols text[];
+    types pg_catalog.regtype[];
+    data jsonb;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM ml.models m WHERE m.name = model_name) THEN
         RAISE EXCEPTION 'pgsight: no model named %', pg_catalog.quote_literal(model_name);
@@ -162,17 +185,14 @@ BEGIN
     IF options IS NULL OR pg_catalog.jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', options::text;
     END IF;
-    PERFORM ml._query_columns(query);
-    EXECUTE 'SELECT FROM (' || query || ') AS q LIMIT 0';  -- the caller may read all of it
-    -- The job is committed on its own (a worker must see it while we wait), whatever transaction the
-    -- caller is in: statement_timestamp() cannot tell, it differs from transaction_timestamp() under
-    -- the extended query protocol (every parameterised psycopg/SQLAlchemy call) even in autocommit.
-    jid := ml._autonomous(pg_catalog.format(
-        'WITH j AS (INSERT INTO ml.jobs (kind, model, params) VALUES (%L, %L, %L::jsonb) RETURNING id) '
-        'SELECT j.id::text FROM j, LATERAL (SELECT pg_catalog.pg_notify(%L, %L)) n',
-        'evaluate', model_name, pg_catalog.jsonb_build_object('what', what, 'query', query, 'options', options,
-                                                              'search_path', pg_catalog.current_setting('search_path')),
-        'ml_work', 'job'))::bigint;
+    SELECT pg_catalog.array_agg(s.name ORDER BY s.i), pg_catalog.array_agg(s.typ ORDER BY s.i) INTO cols, types
+    FROM ml._query_shape(query) WITH ORDINALITY AS s(name, typ, i);
+    EXECUTE pg_catalog.format('SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(s)), ''[]'') '
+                              'FROM (SELECT %s FROM (%s) AS q) AS s', ml._snapshot_select(cols, types), query)
+    INTO data;
+    jid := ml._autonomous(pg_catalog.format('SELECT ml._job_submit(%L, %L, %L, %L::jsonb, %L::text[], %L::regtype[], %L::jsonb)',
+        current_user, 'evaluate', model_name,
+        pg_catalog.jsonb_build_object('what', what, 'query', query, 'options', options), cols, types, data))::bigint;
     st := ml.wait(jid, coalesce(nullif(options->>'timeout', '')::interval, interval '1 hour'));
     SELECT r.result, r.error INTO res, err
     FROM ml._job_result(jid) r;

@@ -47,6 +47,7 @@ class JobContext:
     job: dict[str, Any]
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgsight-job-")))
     _last_report: float = 0.0
+    _readers: list = field(default_factory=list)
 
     @property
     def job_id(self) -> int:
@@ -65,16 +66,41 @@ class JobContext:
         return self.worker.device
 
     # -- data ---------------------------------------------------------------------------------
-    def rows(self, query: str | None = None) -> Iterator[dict[str, Any]]:
-        """The rows of the job's query (server-side cursor, read-only transaction, its own connection)."""
-        with connect(self.worker.config.dsn, "pgsight_worker_query") as conn:
+    # The job's rows are its snapshot: the table ml.snapshot_<job id>, filled when the job was
+    # submitted, with the submitting role's rights. The worker never runs the query text itself.
+    @property
+    def snapshot(self) -> sql.Composable:
+        return sql.Identifier("ml", f"snapshot_{self.job_id}")
+
+    def row_count(self) -> int:
+        """How many rows the job's snapshot holds."""
+        rows = self.params.get("rows")
+        if rows is None:
+            rows = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.snapshot)).fetchone()[0]
+        return int(rows)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The rows of the job's snapshot (server-side cursor, read-only transaction, its own connection)."""
+        reader = self._read_snapshot()
+        self._readers.append(reader)
+        return reader
+
+    def _read_snapshot(self) -> Iterator[dict[str, Any]]:
+        with connect(self.worker.config.dsn, "pgsight_worker_snapshot") as conn:
             conn.autocommit = False
             conn.read_only = True
-            if self.params.get("search_path"):  # the names resolve as they did for the caller
-                conn.execute("SELECT set_config('search_path', %s, true)", (self.params["search_path"],))
+            if conn.execute("SELECT to_regclass(%s)", (f"ml.snapshot_{self.job_id}",)).fetchone()[0] is None:
+                raise RuntimeError(f"job {self.job_id} has no snapshot of its rows (submitted by an older "
+                                   "pgsight?); submit it again")
             with conn.cursor(name=f"pgsight_job_{self.job_id}", row_factory=dict_row) as cur:
-                cur.execute(sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(query or self.params["query"])))
+                cur.execute(sql.SQL("SELECT * FROM {}").format(self.snapshot))
                 yield from cur
+
+    def close_readers(self) -> None:
+        """Close the snapshot readers a training module left open (their connections hold a lock)."""
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
 
     def load_image(self, ref: Any) -> Image.Image:
         """An image from a path/URL (str) or bytes; raises ImageError."""
@@ -185,4 +211,11 @@ def run_job(worker: Worker, conn: psycopg.Connection, job: dict[str, Any]) -> No
         conn.execute("SELECT ml.job_finish(%s, %s, 'failed', %s)", (job["id"], worker.id, f"{type(e).__name__}: {e}"))
         conn.execute("SELECT ml.blob_delete(%s)", (f"job/{job['id']}/",))
     finally:
+        ctx.close_readers()
         shutil.rmtree(ctx.workdir, ignore_errors=True)
+    try:  # a job that is over needs its snapshot no more (a job handed back keeps it)
+        conn.execute("SELECT ml._snapshot_drop(%s)", (job["id"],))
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as e:
+        log.warning("job %s: could not drop its snapshot: %s", job["id"], e)

@@ -38,8 +38,7 @@ def guess_image_size(images: list) -> int:
 def load_images(ctx, o: TrainOptions, size: int | None) -> tuple[np.ndarray, int, int]:
     """Read every image of the query into a uint8 (n, 3, size, size) array backed by a file in
     ctx.workdir. Returns (array, size, skipped); unreadable images go to ml.errors."""
-    query = ctx.params["query"]
-    total = next(ctx.rows(f"SELECT count(*) AS n FROM ({query}) AS c"))["n"]
+    total = ctx.row_count()
     col = o.image_col
     array: np.ndarray | None = None
     kept = skipped = seen = 0
