@@ -28,9 +28,8 @@ __all__ = ["CreateEmbeddingOp", "CreatePredictionOp", "DropEmbeddingOp", "DropPr
 
 
 def _run(operations: Operations, statement: str, **params: Any) -> None:
-    # bound parameters: names and questions are data, never spliced into the SQL
-    # keep the work in the migration's transaction (it must roll back with a failed migration)
-    operations.execute(sa.text("SET LOCAL pgsight.autonomous = 'off'"))
+    # bound parameters: names and questions are data, never spliced into the SQL; the work stays in
+    # the migration's transaction (ml.create_* always run in the caller's), so it rolls back with it
     operations.execute(sa.text(statement).bindparams(**params))
 
 

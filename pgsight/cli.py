@@ -99,7 +99,7 @@ def _worker_role(dsn: str, name: str) -> str:
 
 
 def _run_worker(dsn: str, image_root: list[Path], device: str, batch_size: int, allow_urls: bool,
-                jobs: bool = True, allow_superuser: bool = False) -> None:
+                jobs: bool = True, allow_superuser: bool = False, allow_private_urls: bool = False) -> None:
     from pgsight.db.roles import is_superuser, superuser_warning
     from pgsight.worker.loop import Worker, WorkerConfig
 
@@ -109,7 +109,7 @@ def _run_worker(dsn: str, image_root: list[Path], device: str, batch_size: int, 
     if not allow_superuser and is_superuser(dsn):
         logging.getLogger("pgsight.worker").warning("!" * 20 + " " + superuser_warning(dsn) + " " + "!" * 20)
     worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_root), device=device, batch_size=batch_size,
-                                 allow_urls=allow_urls, jobs=jobs))
+                                 allow_urls=allow_urls, allow_private_urls=allow_private_urls, jobs=jobs))
     stops = {"n": 0}
 
     def on_signal(signum, _frame):
@@ -131,6 +131,9 @@ def worker(dsn: Optional[str] = DsnOpt,
            device: str = typer.Option("auto", help="auto, cpu or cuda"),
            batch_size: int = typer.Option(256, "--batch-size", min=1, help="rows claimed per batch"),
            allow_urls: bool = typer.Option(False, "--allow-urls", help="fetch http(s) image URLs"),
+           allow_private_urls: bool = typer.Option(
+               False, "--allow-private-urls",
+               help="with --allow-urls, also fetch from loopback, private and link-local addresses"),
            no_jobs: bool = typer.Option(False, "--no-jobs", help="leave training/evaluation jobs to other workers"),
            allow_superuser: bool = typer.Option(False, "--allow-superuser",
                                                 help="no warning when the DSN logs in as a superuser"),
@@ -147,7 +150,8 @@ def worker(dsn: Optional[str] = DsnOpt,
             target = provision_worker_role(target, DEFAULT_WORKER_ROLE)
         except RuntimeError as e:  # not migrated yet: the worker says what is missing
             logging.getLogger("pgsight.worker").warning("%s", e)
-    _run_worker(target, image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs, allow_superuser)
+    _run_worker(target, image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs, allow_superuser,
+                allow_private_urls)
 
 
 @app.command()

@@ -94,7 +94,7 @@ def wait_job(conn: psycopg.Connection, job_id: int, reporter: Reporter, label: s
 class Runner:
     def __init__(self, conn: psycopg.Connection, reporter: Reporter | None = None,
                  image_roots: Sequence[str | Path] | None = None, allow_urls: bool = False) -> None:
-        conn.autocommit = True  # ml.create_embedding & co. commit on their own only outside a transaction
+        conn.autocommit = True  # each job is committed before it is waited for (ml.wait refuses an uncommitted one)
         self.conn = conn
         self.reporter = reporter or Reporter()
         self.image_roots = [Path(r) for r in (image_roots or [Path.cwd()])]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
@@ -26,6 +26,7 @@ class Snapshot:
     workers: list[dict[str, Any]]
     backlog: list[dict[str, Any]]
     errors: list[dict[str, Any]]
+    failing: list[dict[str, Any]] = field(default_factory=list)  # tasks failing as a whole (ml.status_failing)
 
     def as_json(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -51,7 +52,8 @@ def snapshot(conn: psycopg.Connection, recent: str = "10 minutes") -> Snapshot:
         workers = cur.execute("SELECT * FROM ml.status_workers()").fetchall()
         backlog = cur.execute("SELECT * FROM ml.status_backlog()").fetchall()
         errors = cur.execute("SELECT * FROM ml.status_errors()").fetchall()
-    return Snapshot(at, jobs, workers, backlog, errors)
+        failing = cur.execute("SELECT * FROM ml.status_failing()").fetchall()
+    return Snapshot(at, jobs, workers, backlog, errors, failing)
 
 
 def duration(td: dt.timedelta | None) -> str:
@@ -78,6 +80,9 @@ def hints(snap: Snapshot) -> list[str]:
         if not w["alive"]:
             out.append(f"worker {w['id']} ({w['hostname']}:{w['pid']}) has not sent a heartbeat for "
                        f"{duration(w['heartbeat_age'])}; the other workers will take over its rows")
+    for t in snap.failing:
+        out.append(f"{t['table_name']}.{t['result_col']} is failing as a whole ({t['failures']} tries, next in "
+                   f"{duration(t['retry_in'])}): {t['error']}; other columns go on, and it resumes once fixed")
     for e in snap.errors[:3]:
         out.append(f"{e['errors']} row(s) of {e['table_name']}.{e['column_name']} failed (last: {e['last_error']}): "
                    f"SELECT * FROM ml.errors WHERE table_name = '{e['table_name']}'")

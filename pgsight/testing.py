@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,6 +158,9 @@ def running_worker(dsn: str, image_roots: list[Path] | None = None, **config) ->
     worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_roots or []), **config))
     thread = threading.Thread(target=worker.run, name="pgsight-test-worker", daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30  # registered (in ml.workers): query-time calls fail at once without one
+    while not worker.id and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         yield worker
     finally:

@@ -7,7 +7,7 @@ ThanoSQL statement passes through as plain SQL. The result is a `Translation`: s
 `pgsight.runner` executes (with progress), and `script()`, the same as SQL to paste into psql.
 
     GET THANOSQL MODEL vilt AS tutorial_vilt          -> ml.load_model
-    BUILD MODEL m USING SimCLR OPTIONS (...) AS SELECT  -> ml.build_model + ml.wait
+    BUILD MODEL m USING SimCLR OPTIONS (...) AS SELECT  -> ml.build_model + ml.wait (psql script: CALL ml.build_model_and_wait)
     CONVERT USING m OPTIONS (...) AS SELECT ... FROM t  -> ml.create_embedding + ml.wait
     SEARCH IMAGE USING m OPTIONS (...) AS SELECT        -> ORDER BY col <=> ml.embed_image/embed_text LIMIT k
     PREDICT USING m OPTIONS (...) AS SELECT ... FROM t  -> ml.create_prediction + ml.wait, then the SELECT
@@ -49,7 +49,7 @@ KNOWN_MODELS = {
 }
 #: BUILD MODEL ... USING <algorithm> -> model kind
 BUILD_KINDS = {"simclr": "simclr", "clip": "clip", "vilt": "vilt"}
-WAIT = "1 day"  # how long the psql script's ml.wait waits (the CLI and the magic wait with a progress bar)
+WAIT = "1 day"  # how long the psql script's CALL ml.*_and_wait waits (the CLI and the magic wait with a progress bar)
 
 SYNTAX = {
     "GET": "GET THANOSQL MODEL <vilt|clip|pixels> [OPTIONS (overwrite=True, source='<hub id or dir>')] [AS <name>]",
@@ -89,8 +89,9 @@ class Translation:
         for s in self.steps:
             if s.comment:
                 out.extend("-- " + line for line in s.comment.splitlines())
-            if s.action == "job":
-                out.append(f"SELECT ml.wait({s.sql}, {literal(WAIT)});")
+            if s.action == "job":  # submit, commit and wait: the procedure form of ml.<call>
+                head, _, args = s.sql.partition("(")
+                out.append(f"CALL {head}_and_wait({args[:-1]}, timeout => {literal(WAIT)});")
             elif s.action in ("sql", "sheet"):
                 out.append(s.sql.rstrip() + ";")
         return "\n".join(out)

@@ -280,7 +280,7 @@ def test_train_from_scratch_then_finetune_and_evaluate(dsn, shapes, tiny_dir):
         )
 
         # the stored model serves columns and queries like a loaded one
-        conn.execute("SELECT ml.wait(ml.create_embedding('shapes', 'scratch', 'image_path', 'scratch_emb'))")
+        conn.execute("CALL ml.create_embedding_and_wait('shapes', 'scratch', 'image_path', 'scratch_emb')")
         before = conn.execute("SELECT scratch_emb::text FROM shapes WHERE id = 0").fetchone()[0]
         assert parse(before).shape == (16,)
         assert parse(

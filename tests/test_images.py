@@ -83,7 +83,7 @@ def test_bytea_column(dsn, tmp_path):
         conn.execute("INSERT INTO blobs VALUES (1, %s), (2, %s), (3, 'garbage'::bytea)", (png_bytes(1), png_bytes(2)))
         conn.execute("SELECT ml.load_model('px', 'pixels')")
         with running_worker(dsn, [tmp_path]):
-            conn.execute("SELECT ml.wait(ml.create_embedding('blobs', 'px', 'img'))")
+            conn.execute("CALL ml.create_embedding_and_wait('blobs', 'px', 'img')")
             assert conn.execute("SELECT count(*) FROM blobs WHERE embedding IS NOT NULL").fetchone()[0] == 2
             assert conn.execute("SELECT count(*) FROM ml.errors").fetchone()[0] == 1
             hit = conn.execute("SELECT id FROM blobs ORDER BY embedding <=> ml.embed_image('px', %s) LIMIT 1",

@@ -31,7 +31,7 @@ def test_magic_runs_sql_and_reports_errors_with_their_hints(dsn, capsys):
         assert "INSERT 0 2" in capsys.readouterr().out
 
         assert magic.pgsight("--dry-run", "CONVERT USING m AS SELECT * FROM t") is None
-        assert "ml.create_embedding('t', 'm', 'image_path', 'convert_result', 'image')" in capsys.readouterr().out
+        assert "CALL ml.create_embedding_and_wait('t', 'm', 'image_path', 'convert_result', 'image'" in capsys.readouterr().out
         with pytest.raises(UsageError) as err:
             magic.pgsight("", "CONVERT USING m OPTIONS (image_col=) AS SELECT * FROM t")
         assert "expected a value" in str(err.value) and "hint: write it as CONVERT USING" in str(err.value)

@@ -51,7 +51,7 @@ def test_backfill_trigger_and_search(dsn, photos):
 def test_update_of_source_requeues_other_columns_do_not(dsn, photos):
     with psycopg.connect(dsn, autocommit=True) as conn:
         with running_worker(dsn, [photos]):
-            conn.execute("SELECT ml.wait(ml.create_embedding('photos', 'px', 'image_path'))")
+            conn.execute("CALL ml.create_embedding_and_wait('photos', 'px', 'image_path')")
         conn.execute("UPDATE photos SET caption = 'changed' WHERE id < 10")
         assert conn.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == 0
         conn.execute("UPDATE photos SET image_path = 'img1.png' WHERE id = 2")
@@ -64,7 +64,7 @@ def test_update_of_source_requeues_other_columns_do_not(dsn, photos):
 
 def test_explain_uses_hnsw_index(dsn, photos):
     with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [photos]):
-        conn.execute("SELECT ml.wait(ml.create_embedding('photos', 'px', 'image_path'))")
+        conn.execute("CALL ml.create_embedding_and_wait('photos', 'px', 'image_path')")
         conn.execute("SET enable_seqscan = off")  # 20 rows: make the planner's choice about the index, not size
         plan = "\n".join(r[0] for r in conn.execute(
             "EXPLAIN SELECT id FROM photos ORDER BY embedding <=> ml.embed_image('px', 'img3.png') LIMIT 5"))

@@ -87,7 +87,7 @@ def test_build_model_maps_to_build_model_and_wait():
     assert step.sql.startswith("ml.build_model('my_image_search_model', 'simclr', 'SELECT *\nFROM mnist_train', ")
     opts = json.loads(step.sql.split(", '", 3)[3].split("'::jsonb")[0])
     assert opts == {"image_col": "image_path", "max_epochs": 1, "overwrite": True}
-    assert t.script().startswith("SELECT ml.wait(ml.build_model(") and t.script().endswith(", '1 day');")
+    assert t.script().startswith("CALL ml.build_model_and_wait(") and t.script().endswith(", timeout => '1 day');")
     parses_as_postgres(t.script())
     # other algorithms and every value type
     t = translate("BUILD MODEL c USING CLIP OPTIONS (text_col='caption', learning_rate=1e-5, base=None, seed=-1) "
@@ -98,8 +98,8 @@ def test_build_model_maps_to_build_model_and_wait():
 
 def test_convert_maps_to_create_embedding_on_the_table_the_select_reads():
     t = translate(CONVERT_MNIST)
-    assert t.script().splitlines()[-1] == ("SELECT ml.wait(ml.create_embedding('mnist_test', 'my_image_search_model', "
-                                           "'image_path', 'convert_result', 'image'), '1 day');")
+    assert t.script().splitlines()[-1] == ("CALL ml.create_embedding_and_wait('mnist_test', 'my_image_search_model', "
+                                           "'image_path', 'convert_result', 'image', timeout => '1 day');")
     assert t.steps[0].params == {"table": "mnist_test", "column": "convert_result"}
     # defaults (image_path, convert_result), schema-qualified and quoted tables, text columns
     t = translate('CONVERT USING m AS SELECT * FROM public."My Photos" WHERE id > 3')

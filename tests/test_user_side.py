@@ -149,7 +149,7 @@ def test_load_images_creates_appends_and_feeds_existing_columns(dsn, tmp_path):
         # a pgsight column on the table: appended rows are queued for it by the trigger
         conn.execute("SELECT ml.load_model('px', 'pixels', NULL, '{\"size\": 4}')")
         with running_worker(dsn, [root]):
-            conn.execute("SELECT ml.wait(ml.create_embedding('pets', 'px', 'image_path'))")
+            conn.execute("CALL ml.create_embedding_and_wait('pets', 'px', 'image_path')")
         write_png(root / "dog" / "4.png", seed=4)
         res = load_images(conn, root, "pets", label_from_folder=True)
         assert (res.added, res.skipped) == (1, 3)
@@ -211,8 +211,8 @@ def test_thanosql_runs_end_to_end_with_the_pixels_model(dsn, photos):
 def test_sql_command_dry_run_run_and_errors(dsn, photos, tmp_path):
     res = cli.invoke(app, ["sql", "--dry-run", "CONVERT USING px AS SELECT * FROM photos; SELECT 1"])
     assert res.exit_code == 0, res.output
-    assert res.stdout.splitlines()[1] == ("SELECT ml.wait(ml.create_embedding('photos', 'px', 'image_path', "
-                                          "'convert_result', 'image'), '1 day');")
+    assert res.stdout.splitlines()[1] == ("CALL ml.create_embedding_and_wait('photos', 'px', 'image_path', "
+                                          "'convert_result', 'image', timeout => '1 day');")
     assert res.stdout.rstrip().endswith("SELECT 1;")
     res = cli.invoke(app, ["sql", "--dry-run", "CONVERT USING px OPTIONS (nope=1) AS SELECT * FROM photos"])
     assert res.exit_code == 1 and "unknown option 'nope'" in res.stderr and "hint:" in res.stderr

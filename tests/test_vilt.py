@@ -163,8 +163,7 @@ def test_reregistered_model_reruns_prediction(dsn, photos, reference, tiny_dir, 
     ref = reference(other)
     with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [photos]):
         register(conn, tiny_dir)
-        # (two statements: with bind parameters the one-statement ml.wait(ml.create_prediction(...)) cannot
-        # tell autocommit from a transaction block, a backbone limitation)
+        # (two statements: create, then wait for the committed job)
         job = conn.execute("SELECT ml.create_prediction('photos', 'tv', 'image_path', %s)", (QUESTION,)).fetchone()[0]
         assert conn.execute("SELECT ml.wait(%s)", (job,)).fetchone()[0] == "done"
         assert {r[0] for r in conn.execute("SELECT predict_result FROM photos WHERE id < 12")} <= \

@@ -8,8 +8,8 @@ from __future__ import annotations
 from importlib import resources
 
 #: Idempotent files, in the order they are applied (later files call functions of earlier ones).
-FUNCTION_FILES = ("kinds.sql", "util.sql", "security.sql", "models.sql", "tasks.sql", "queue.sql", "jobs.sql", "rpc.sql", "worker.sql",
-                  "training.sql", "status.sql", "privileges.sql")
+FUNCTION_FILES = ("kinds.sql", "util.sql", "security.sql", "options.sql", "models.sql", "ddl.sql", "tasks.sql",
+                  "queue.sql", "jobs.sql", "rpc.sql", "worker.sql", "training.sql", "status.sql", "privileges.sql")
 
 
 def read(name: str) -> str:

@@ -2,12 +2,13 @@
 -- and evaluation jobs.
 
 -- Block until a job ends; returns its final status. Polls through the loopback connection, so it
--- sees the worker's progress whatever the caller's isolation level.
+-- sees the worker's progress whatever the caller's isolation level. A NULL timeout means the
+-- wait_timeout setting (10 minutes unless changed): never forever.
 CREATE OR REPLACE FUNCTION ml.wait(job_id bigint, timeout interval DEFAULT '10 minutes') RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
-    conn text := ml._loopback();
-    deadline timestamptz := clock_timestamp() + timeout;
+    conn text;
+    deadline timestamptz;
     st text;
     err text;
     pause float8 := 0.02;
@@ -15,6 +16,17 @@ BEGIN
     IF job_id IS NULL THEN
         RAISE EXCEPTION 'pgsight: ml.wait(NULL): no job id';
     END IF;
+    IF timeout IS NULL THEN
+        timeout := coalesce(ml.setting('wait_timeout'), '10 minutes')::interval;
+        RAISE NOTICE 'pgsight: no timeout given: waiting at most % (setting pgsight.wait_timeout)', timeout;
+    END IF;
+    IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id AND j.xmin = pg_current_xact_id_if_assigned()::xid) THEN
+        RAISE EXCEPTION 'pgsight: job % was created in this transaction, which has not committed: no worker can see it yet', job_id
+            USING HINT = format('COMMIT first, then SELECT ml.wait(%s); for one statement: CALL ml.create_embedding_and_wait(...) '
+                                '(or ml.create_prediction_and_wait, ml.build_model_and_wait)', job_id);
+    END IF;
+    conn := ml._loopback();
+    deadline := clock_timestamp() + timeout;
     LOOP
         SELECT r.status, r.error INTO st, err
         -- the loopback may be a role that sees every job: ask for the caller's own (or one it may change)
@@ -22,8 +34,9 @@ BEGIN
                                  job_id, current_user)) AS r(status text, error text);
         IF st IS NULL THEN
             IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id) THEN
-                RAISE EXCEPTION 'pgsight: job % was created in this transaction and no worker can see it yet', job_id
-                    USING HINT = format('COMMIT first, then SELECT ml.wait(%s)', job_id);
+                RAISE EXCEPTION 'pgsight: job % was created in this transaction, which has not committed: no worker can see it yet', job_id
+                    USING HINT = format('COMMIT first, then SELECT ml.wait(%s); for one statement: CALL ml.create_embedding_and_wait(...) '
+                                        '(or ml.create_prediction_and_wait, ml.build_model_and_wait)', job_id);
             END IF;
             RAISE EXCEPTION 'pgsight: no job %', job_id;
         END IF;

@@ -19,6 +19,7 @@ BEGIN
     IF jsonb_typeof(opts) <> 'object' THEN
         RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', opts;
     END IF;
+    PERFORM ml._check_load_options(kind, opts);
     SELECT * INTO existing FROM ml.models m WHERE m.name = load_model.name;
     IF FOUND AND NOT coalesce((opts->>'overwrite')::boolean, false) THEN
         RAISE EXCEPTION 'pgsight: model % already exists', quote_literal(name)

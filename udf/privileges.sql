@@ -38,13 +38,22 @@ BEGIN
     -- users: read; every change goes through ml functions (the SECURITY DEFINER helpers of security.sql)
     GRANT SELECT ON ml.settings, ml.model_kinds, ml.workers, ml.models, ml.tasks, ml.jobs, ml.queue, ml.errors
         TO pgsight_user, pgsight_admin;
-    GRANT SELECT, INSERT, DELETE ON ml.rpc TO pgsight_user;
+    -- query-time requests: no privileges on ml.rpc for users or the loopback; they go through
+    -- ml._rpc_ticket / _rpc_submit / _rpc_state / _rpc_forget (SECURITY DEFINER, token-checked; udf/rpc.sql)
+    REVOKE ALL ON ml.rpc FROM pgsight_user, pgsight_loopback, pgsight_admin;
+    GRANT SELECT ON ml.rpc TO pgsight_admin;
     -- the loopback session: query-time requests, job status (evaluation jobs: ml._job_submit)
     GRANT SELECT ON ml.settings, ml.workers TO pgsight_loopback;
-    GRANT SELECT, INSERT, UPDATE, DELETE ON ml.rpc TO pgsight_loopback;
     REVOKE INSERT, UPDATE, DELETE ON ml.jobs FROM pgsight_loopback;
     GRANT SELECT ON ml.jobs TO pgsight_loopback;
     -- workers: the whole queue side of ml (not ml.loopback)
     GRANT SELECT, INSERT, UPDATE, DELETE ON ml.settings, ml.model_kinds, ml.models, ml.blobs, ml.tasks, ml.workers,
         ml.jobs, ml.queue, ml.errors, ml.rpc TO pgsight_worker;
+    -- the dedicated loopback role is shared by every user's loopback session: its statements (request
+    -- payloads, tokens) must not show in pg_stat_activity to another session of the same role
+    BEGIN
+        ALTER ROLE pgsight_loopback SET track_activities = off;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'pgsight: as a superuser, run ALTER ROLE pgsight_loopback SET track_activities = off';
+    END;
 END $$;

@@ -49,64 +49,158 @@ BEGIN
     WHERE kind <> 'backfill' AND status = 'running'
       AND (claimed_by = ANY (dead) OR lease_until < now()
            OR NOT EXISTS (SELECT 1 FROM ml.workers w WHERE w.id = jobs.claimed_by));
+    -- rows of tasks that are gone (a drop skipped the rows a worker held at that moment)
+    WITH RECURSIVE ids AS (
+        SELECT min(q.task_id) AS t FROM ml.queue q
+        UNION ALL
+        SELECT (SELECT min(q.task_id) FROM ml.queue q WHERE q.task_id > ids.t) FROM ids WHERE ids.t IS NOT NULL
+    )
+    DELETE FROM ml.queue WHERE id IN (
+        SELECT q.id FROM ml.queue q
+        WHERE q.task_id IN (SELECT ids.t FROM ids WHERE ids.t IS NOT NULL
+                            AND NOT EXISTS (SELECT 1 FROM ml.tasks tk WHERE tk.id = ids.t))
+        LIMIT 10000 FOR UPDATE SKIP LOCKED);
     -- requests nobody waits for any more
     DELETE FROM ml.rpc WHERE created_at < now() - interval '1 hour';
     RETURN n;
 END $$;
 
--- Claim up to n rows of one task (the oldest waiting task first) and return them with their sources.
+-- Claim up to n rows of one task (the task whose oldest waiting row is oldest, among tasks not
+-- backing off) and return them with their sources. Never raises for a user table's sake: a table
+-- another session holds (a DROP, an ALTER) is skipped for now (lock_timeout, taken before any queue
+-- row is locked, so no deadlock); an error of one row is that row's (retried with backoff, then
+-- dead-lettered); an error of every row is the task's (ml._task_failed) and the next task is served.
+-- Keys are compared as text written under fixed settings (see ml._backfill).
 CREATE OR REPLACE FUNCTION ml.claim(worker bigint, n int)
 RETURNS TABLE (queue_id bigint, task_id int, key text, present boolean, src text, src_bytes bytea, src_hash text)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
-    tid int;
+    cand int;
     t ml.tasks;
     ids bigint[];
     keys text[];
+    got boolean[];
+    texts text[];
+    bytes bytea[];
+    hashes text[];
+    g boolean[];
+    tx text[];
+    b bytea[];
+    h text[];
     is_bytea boolean;
+    lookup text;
     lease_end timestamptz := now() + ml.setting('lease')::interval;
+    bad int[];
+    errs text[];
+    states text[];
+    st text;
+    msg text;
+    hidden int[];
 BEGIN
-    SELECT q.task_id INTO tid FROM ml.queue q
-    WHERE (q.lease_until IS NULL OR q.lease_until < now()) AND (q.not_before IS NULL OR q.not_before <= now())
-    ORDER BY q.id LIMIT 1 FOR UPDATE SKIP LOCKED;
-    IF tid IS NULL THEN
-        RETURN;
-    END IF;
-    WITH c AS (
-        SELECT q.id FROM ml.queue q
-        WHERE q.task_id = tid AND (q.lease_until IS NULL OR q.lease_until < now())
-          AND (q.not_before IS NULL OR q.not_before <= now())
-        ORDER BY q.id LIMIT n FOR UPDATE SKIP LOCKED
-    ), u AS (
-        UPDATE ml.queue q SET lease_until = lease_end, claimed_by = worker,
-                              attempts = q.attempts + 1
-        FROM c WHERE q.id = c.id
-        RETURNING q.id, q.key, q.job_id
-    ), j AS (
-        UPDATE ml.jobs SET status = 'running', started_at = coalesce(started_at, now())
-        WHERE id IN (SELECT DISTINCT u.job_id FROM u) AND status = 'queued'
-    )
-    SELECT array_agg(u.id ORDER BY u.id), array_agg(u.key ORDER BY u.id) INTO ids, keys FROM u;
+    FOR cand IN
+        SELECT c.id FROM (
+            SELECT tk.id, (SELECT q.id FROM ml.queue q
+                           WHERE (q.task_id, q.id) > (tk.id, 0) AND q.task_id <= tk.id  -- = tk.id, but
+                             -- written so that the plan walks queue_task_idx, not the whole primary key
+                             AND (q.lease_until IS NULL OR q.lease_until < now())
+                             AND (q.not_before IS NULL OR q.not_before <= now())
+                           ORDER BY q.task_id, q.id LIMIT 1) AS head
+            FROM ml.tasks tk WHERE tk.not_before IS NULL OR tk.not_before <= now()) c
+        WHERE c.head IS NOT NULL ORDER BY c.head
+    LOOP
+        t := ml._task(cand);
+        CONTINUE WHEN t.id IS NULL;  -- its table is being dropped: the drop event removes it
+        BEGIN  -- the table's lock first: a DROP/ALTER holding or awaiting it is skipped, not deadlocked
+            EXECUTE format('SELECT FROM %s LIMIT 0', t.table_name);
+        EXCEPTION WHEN lock_not_available THEN
+            CONTINUE;
+        WHEN OTHERS THEN
+            PERFORM ml._task_failed(cand, SQLERRM, NULL);
+            CONTINUE;
+        END;
+        WITH c AS (
+            SELECT q.id FROM ml.queue q
+            WHERE (q.task_id, q.id) > (cand, 0) AND q.task_id <= cand  -- = cand (see above)
+              AND (q.lease_until IS NULL OR q.lease_until < now())
+              AND (q.not_before IS NULL OR q.not_before <= now())
+            ORDER BY q.task_id, q.id LIMIT n FOR UPDATE SKIP LOCKED
+        ), u AS (
+            UPDATE ml.queue q SET lease_until = lease_end, claimed_by = worker, attempts = q.attempts + 1
+            FROM c WHERE q.id = c.id
+            RETURNING q.id, q.key, q.job_id
+        ), j AS (
+            UPDATE ml.jobs SET status = 'running', started_at = coalesce(started_at, now())
+            WHERE id IN (SELECT DISTINCT u.job_id FROM u) AND status = 'queued'
+        )
+        SELECT array_agg(u.id ORDER BY u.id), array_agg(u.key ORDER BY u.id) INTO ids, keys FROM u;
+        CONTINUE WHEN ids IS NULL;
 
-    SELECT * INTO t FROM ml.tasks WHERE id = tid;
-    IF NOT FOUND THEN  -- the column was dropped: nothing to do for these rows
-        DELETE FROM ml.queue WHERE ml.queue.task_id = tid;
-        RETURN;
-    END IF;
-    is_bytea := (SELECT atttypid = 'bytea'::regtype FROM pg_attribute
-                 WHERE attrelid = t.table_name AND attname = t.source_col);
-    -- LATERAL: one primary-key lookup per row, whatever the table's size (a hash join would scan it)
-    RETURN QUERY EXECUTE format(
-        'SELECT q.id, %s, q.key, x.found IS NOT NULL, x.src_text, x.src_bytes, x.src_hash
-         FROM unnest($1::bigint[], $2::text[]) AS q(id, key)
-         LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, md5(y.%I) AS src_hash
-                            FROM %s y WHERE y.%I = q.key::%s LIMIT 1) x ON true
-         ORDER BY q.id',
-        tid,
-        CASE WHEN is_bytea THEN 'NULL::text' ELSE format('y.%I::text', t.source_col) END,
-        CASE WHEN is_bytea THEN format('y.%I', t.source_col) ELSE 'NULL::bytea' END,
-        t.source_col, t.table_name, t.key_col, t.key_type)
-    USING ids, keys;
+        is_bytea := (SELECT atttypid = 'bytea'::regtype FROM pg_attribute
+                     WHERE attrelid = t.table_name AND attnum = t.source_attnum);
+        -- LATERAL: one primary-key lookup per row, whatever the table's size (a hash join would scan it)
+        lookup := format(
+            'SELECT array_agg(x.found IS NOT NULL ORDER BY q.ord), array_agg(x.src_text ORDER BY q.ord),
+                    array_agg(x.src_bytes ORDER BY q.ord), array_agg(x.src_hash ORDER BY q.ord)
+             FROM unnest($1::text[]) WITH ORDINALITY AS q(key, ord)
+             LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, md5(y.%I) AS src_hash
+                                FROM %s y WHERE y.%I = q.key::%s LIMIT 1) x ON true',
+            CASE WHEN is_bytea THEN 'NULL::text' ELSE format('y.%I::text', t.source_col) END,
+            CASE WHEN is_bytea THEN format('y.%I', t.source_col) ELSE 'NULL::bytea' END,
+            t.source_col, t.table_name, t.key_col, t.key_type);
+        bad := '{}';
+        errs := '{}';
+        states := '{}';
+        BEGIN
+            EXECUTE lookup INTO got, texts, bytes, hashes USING keys;
+        EXCEPTION WHEN OTHERS THEN
+            -- which rows? one by one (each in its own subtransaction)
+            got := array_fill(false, ARRAY[cardinality(ids)]);
+            texts := array_fill(NULL::text, ARRAY[cardinality(ids)]);
+            bytes := array_fill(NULL::bytea, ARRAY[cardinality(ids)]);
+            hashes := array_fill(NULL::text, ARRAY[cardinality(ids)]);
+            FOR ix IN 1 .. cardinality(ids) LOOP
+                BEGIN
+                    EXECUTE lookup INTO g, tx, b, h USING ARRAY[keys[ix]];
+                    got[ix] := g[1]; texts[ix] := tx[1]; bytes[ix] := b[1]; hashes[ix] := h[1];
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                    bad := bad || ix;
+                    errs := errs || ('reading the row: ' || msg);
+                    states := states || st;
+                END;
+            END LOOP;
+        END;
+        IF ml._task_level(states, errs, cardinality(ids)) THEN
+            -- every row failed alike: the task's problem, not the rows'
+            PERFORM ml._task_failed(cand, errs[1], ids);
+            CONTINUE;
+        END IF;
+        FOR ix IN 1 .. cardinality(bad) LOOP
+            PERFORM ml.retry_rows(worker, cand, ARRAY[ids[bad[ix]]], errs[ix]);
+        END LOOP;
+        -- rows the worker cannot see although they were queued: row-level security hides them
+        IF row_security_active(t.table_name) THEN
+            SELECT array_agg(i) INTO hidden FROM generate_subscripts(ids, 1) i WHERE NOT got[i] AND NOT i = ANY (bad);
+            IF hidden IS NOT NULL THEN
+                PERFORM ml.fail_rows(worker, cand, ARRAY(SELECT ids[i] FROM unnest(hidden) i),
+                    ARRAY(SELECT keys[i] FROM unnest(hidden) i),
+                    array_fill(format('row not visible to the worker (role %s): %s has row-level security',
+                                      current_user, t.table_name)
+                               || ' (or the row was deleted); grant the worker BYPASSRLS or a policy: '
+                               || format('CREATE POLICY pgsight_worker ON %s FOR ALL TO pgsight_worker USING (true)',
+                                         t.table_name), ARRAY[cardinality(hidden)]));
+                PERFORM ml.finish_jobs();
+                bad := bad || hidden;
+            END IF;
+        END IF;
+        RETURN QUERY SELECT ids[i], cand, keys[i], got[i], texts[i], bytes[i], hashes[i]
+                     FROM generate_subscripts(ids, 1) i WHERE NOT i = ANY (bad) ORDER BY i;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END LOOP;
 END $$;
 
 -- What a worker needs to know about a task to compute it.
@@ -116,7 +210,7 @@ RETURNS TABLE (id int, kind text, table_name text, model text, model_kind text, 
 LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
     SELECT t.id, t.kind, t.table_name::text, t.model, m.kind, m.version, t.source_col, t.result_col,
            t.modality, t.question
-    FROM ml.tasks t JOIN ml.models m ON m.name = t.model WHERE t.id = tid
+    FROM ml._task(tid) t JOIN ml.models m ON m.name = t.model WHERE t.id IS NOT NULL
 $$;
 
 -- Remove finished rows from the queue and count them on their jobs.
@@ -133,49 +227,120 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     FROM c WHERE j.id = c.job_id
 $$;
 
--- Write a batch of embeddings. A row whose source changed since it was claimed is left alone:
--- the change queued it again and a later batch writes the new result.
+-- Write a batch of results. A row whose source changed since it was claimed is left alone: the
+-- change queued it again and a later batch writes the new result. The user's rows are taken with
+-- SKIP LOCKED (and the table with a short lock_timeout): a row a user transaction holds is handed
+-- back for later, never waited for, so no user transaction is ever a deadlock victim. An error of
+-- one row (a user trigger that refuses it ...) is that row's: retried with backoff, then
+-- dead-lettered; an error of every row is the task's (ml._task_failed).
+CREATE OR REPLACE FUNCTION ml._write_back(worker bigint, tid int, queue_ids bigint[], keys text[], hashes text[],
+                                          vecs vector[], answers text[], scores real[]) RETURNS int
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
+DECLARE
+    t ml.tasks := ml._task(tid);
+    upd text;
+    wrote text[] := '{}';
+    w text[];
+    rest_ix int[];
+    later_ix int[];
+    later bigint[];
+    done_ids bigint[];
+    done_keys text[];
+    bad int[] := '{}';
+    errs text[] := '{}';
+    states text[] := '{}';
+    st text;
+    msg text;
+    ix int;
+BEGIN
+    IF t.id IS NULL THEN
+        PERFORM ml._complete(worker, queue_ids, false);
+        RETURN 0;
+    END IF;
+    -- one statement: lock the rows no one else holds (SKIP LOCKED), write those whose source is unchanged
+    upd := format(
+        'WITH l AS (SELECT y.%I AS k FROM %s y WHERE y.%I = ANY ($1::%s[]) FOR UPDATE SKIP LOCKED),
+              v AS MATERIALIZED (SELECT v.* FROM unnest($1::text[], $2::text[], $3::vector[], $4::text[], $5::real[])
+                                 AS v(key, h, vec, answer, score) WHERE v.key::%s IN (SELECT l.k FROM l)),
+              w AS (UPDATE %s x SET %s FROM v
+                    WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h
+                    RETURNING v.key)
+         SELECT coalesce(array_agg(w.key), ''{}'') FROM w',
+        t.key_col, t.table_name, t.key_col, t.key_type, t.key_type, t.table_name,
+        CASE WHEN t.kind = 'embedding' THEN format('%I = v.vec', t.result_col)
+             ELSE format('%I = v.answer, %I = v.score', t.result_col, t.result_col || '_score') END,
+        t.key_col, t.key_type, t.key_col, t.key_type, t.source_col);
+    BEGIN
+        EXECUTE upd INTO wrote USING keys, hashes, vecs, answers, scores;
+    EXCEPTION WHEN lock_not_available THEN  -- the table itself is held (a user's DDL): all of them later
+        UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
+            not_before = now() + interval '1 second'
+        WHERE id = ANY (queue_ids) AND claimed_by = worker;
+        RETURN 0;
+    WHEN OTHERS THEN
+        FOR ix IN 1 .. cardinality(keys) LOOP  -- which rows? one by one
+            BEGIN
+                EXECUTE upd INTO w USING ARRAY[keys[ix]], ARRAY[hashes[ix]], ARRAY[vecs[ix]], ARRAY[answers[ix]],
+                                         ARRAY[scores[ix]];
+                wrote := wrote || w;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+                bad := bad || ix;
+                errs := errs || ('writing the result: ' || msg);
+                states := states || st;
+            END;
+        END LOOP;
+        IF ml._task_level(states, errs, cardinality(keys)) THEN
+            PERFORM ml._task_failed(tid, errs[1], queue_ids);
+            RETURN 0;
+        END IF;
+    END;
+    -- rows not written: deleted or source changed since (done: a change queued the row again), or held
+    -- by a user transaction (handed back for a retry in a second, without counting the attempt). Told
+    -- apart by the committed source, never by a lock that may have been released meanwhile.
+    SELECT array_agg(i) INTO rest_ix FROM generate_subscripts(keys, 1) i
+    WHERE NOT keys[i] = ANY (wrote) AND NOT i = ANY (bad);
+    IF rest_ix IS NOT NULL THEN
+        EXECUTE format('SELECT array_agg(q.i) FROM unnest($1::int[], $2::text[], $3::text[]) AS q(i, key, h) '
+                       'WHERE EXISTS (SELECT FROM %s y WHERE y.%I = q.key::%s AND md5(y.%I) IS NOT DISTINCT FROM q.h)',
+                       t.table_name, t.key_col, t.key_type, t.source_col)
+        INTO later_ix USING rest_ix, ARRAY(SELECT keys[i] FROM unnest(rest_ix) i), ARRAY(SELECT hashes[i] FROM unnest(rest_ix) i);
+        later := ARRAY(SELECT queue_ids[i] FROM unnest(coalesce(later_ix, '{}')) i);
+        IF cardinality(later) > 0 THEN
+            UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
+                not_before = now() + interval '1 second'
+            WHERE id = ANY (later) AND claimed_by = worker;
+        END IF;
+    END IF;
+    FOR ix IN 1 .. cardinality(bad) LOOP
+        PERFORM ml.retry_rows(worker, tid, ARRAY[queue_ids[bad[ix]]], errs[ix]);
+    END LOOP;
+    SELECT array_agg(queue_ids[i]), array_agg(keys[i]) INTO done_ids, done_keys
+    FROM generate_subscripts(queue_ids, 1) i
+    WHERE NOT i = ANY (bad) AND NOT queue_ids[i] = ANY (coalesce(later, '{}'));
+    IF done_ids IS NOT NULL THEN
+        PERFORM ml._forget_errors(tid, done_keys);
+        PERFORM ml._complete(worker, done_ids, false);
+    END IF;
+    IF cardinality(wrote) > 0 THEN
+        PERFORM ml._task_ok(tid);
+    END IF;
+    RETURN cardinality(wrote);
+END $$;
+
 CREATE OR REPLACE FUNCTION ml.write_embeddings(worker bigint, tid int, queue_ids bigint[], keys text[],
                                                hashes text[], vecs vector[]) RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
-DECLARE
-    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
-    n int := 0;
-BEGIN
-    IF t.id IS NOT NULL THEN
-        EXECUTE format(
-            'UPDATE %s x SET %I = v.vec FROM unnest($1::text[], $2::text[], $3::vector[]) AS v(key, h, vec)
-             WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h',
-            t.table_name, t.result_col, t.key_col, t.key_type, t.key_col, t.key_type, t.source_col)
-        USING keys, hashes, vecs;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        PERFORM ml._forget_errors(tid, keys);
-    END IF;
-    PERFORM ml._complete(worker, queue_ids, false);
-    RETURN n;
-END $$;
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+    SELECT ml._write_back(worker, tid, queue_ids, keys, hashes, vecs, NULL, NULL)
+$$;
 
 CREATE OR REPLACE FUNCTION ml.write_predictions(worker bigint, tid int, queue_ids bigint[], keys text[],
                                                 hashes text[], answers text[], scores real[]) RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
-DECLARE
-    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
-    n int := 0;
-BEGIN
-    IF t.id IS NOT NULL THEN
-        EXECUTE format(
-            'UPDATE %s x SET %I = v.answer, %I = v.score
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::real[]) AS v(key, h, answer, score)
-             WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h',
-            t.table_name, t.result_col, t.result_col || '_score', t.key_col, t.key_type, t.key_col, t.key_type,
-            t.source_col)
-        USING keys, hashes, answers, scores;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        PERFORM ml._forget_errors(tid, keys);
-    END IF;
-    PERFORM ml._complete(worker, queue_ids, false);
-    RETURN n;
-END $$;
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+    SELECT ml._write_back(worker, tid, queue_ids, keys, hashes, NULL, answers, scores)
+$$;
 
 CREATE OR REPLACE FUNCTION ml._forget_errors(tid int, keys text[]) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
@@ -185,19 +350,30 @@ $$;
 
 -- Rows that cannot be computed (missing file, corrupt image ...): NULL result, one line in ml.errors.
 CREATE OR REPLACE FUNCTION ml.fail_rows(worker bigint, tid int, queue_ids bigint[], keys text[], errors text[])
-RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
-    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    t ml.tasks := ml._task(tid);
+    k text;
 BEGIN
     IF t.id IS NOT NULL THEN
         PERFORM ml._forget_errors(tid, keys);
         INSERT INTO ml.errors (task_id, job_id, table_name, row_key, column_name, model, error)
         SELECT tid, q.job_id, t.table_name::text, e.key, t.result_col, t.model, e.error
         FROM unnest(queue_ids, keys, errors) AS e(qid, key, error) LEFT JOIN ml.queue q ON q.id = e.qid;
-        EXECUTE format('UPDATE %s x SET %I = NULL%s WHERE x.%I = ANY ($1::%s[])', t.table_name, t.result_col,
-                       CASE WHEN t.kind = 'prediction' THEN format(', %I = NULL', t.result_col || '_score') ELSE '' END,
-                       t.key_col, t.key_type)
-        USING keys;
+        -- a stale result must not stay; row by row, and whatever refuses (a user trigger, a lock) is let be
+        FOREACH k IN ARRAY keys LOOP
+            BEGIN
+                EXECUTE format('UPDATE %s x SET %I = NULL%s WHERE x.%I = $1::%s AND x.%I IS NOT NULL', t.table_name,
+                               t.result_col, CASE WHEN t.kind = 'prediction'
+                                                  THEN format(', %I = NULL', t.result_col || '_score') ELSE '' END,
+                               t.key_col, t.key_type, t.result_col)
+                USING k;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+        END LOOP;
     END IF;
     PERFORM ml._complete(worker, queue_ids, true);
 END $$;

@@ -198,9 +198,12 @@ BEGIN
         RAISE EXCEPTION 'pgsight: unknown key type %', quote_literal(key_type);
     END IF;
     INSERT INTO ml.tasks (table_name, kind, model, source_col, result_col, modality, question, key_col, key_type,
-                          index_name, owner)
+                          index_name, owner, key_attnum, source_attnum, result_attnum)
     VALUES (tbl, task_kind, model_name, source_col, result_col, modality, question, key_col,
-            format_type(to_regtype(key_type), NULL), index_name, who)
+            format_type(to_regtype(key_type), NULL), index_name, who,
+            (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = key_col),
+            (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = source_col),
+            (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = result_col))
     RETURNING id INTO tid;
     RETURN tid;
 END $$;
@@ -212,7 +215,7 @@ BEGIN
     IF NOT ml._may_change(who, (SELECT t.owner FROM ml.tasks t WHERE t.id = tid)) THEN
         RAISE EXCEPTION 'pgsight: no task % of %', tid, who USING ERRCODE = 'insufficient_privilege';
     END IF;
-    UPDATE ml.tasks t SET index_state = state WHERE t.id = tid;
+    UPDATE ml.tasks t SET index_state = _task_index_state.state WHERE t.id = tid;  -- (ml.tasks has a column state too)
 END $$;
 
 -- Queue the given keys of a task's table in a new backfill job (the caller read them with its own
@@ -251,12 +254,13 @@ DECLARE
 BEGIN
     SELECT array_agg(t.id) INTO gone FROM ml.tasks t
     WHERE (tids IS NULL OR t.id = ANY (tids))
-      AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.table_name::oid AND a.attname = t.result_col
-                      AND NOT a.attisdropped);
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.table_name::oid AND NOT a.attisdropped
+                      AND (a.attname = t.result_col OR a.attnum = t.result_attnum));
     IF gone IS NULL THEN
         RETURN 0;
     END IF;
-    DELETE FROM ml.queue q WHERE q.task_id = ANY (gone);
+    -- rows a worker holds are skipped, never waited for (no deadlock with ml.claim); ml.reap removes them
+    DELETE FROM ml.queue WHERE id IN (SELECT q.id FROM ml.queue q WHERE q.task_id = ANY (gone) FOR UPDATE SKIP LOCKED);
     UPDATE ml.jobs j SET status = 'cancelled', error = 'table or column dropped', finished_at = now()
     WHERE j.task_id = ANY (gone) AND j.status IN ('queued', 'running');
     DELETE FROM ml.tasks t WHERE t.id = ANY (gone);

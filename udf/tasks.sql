@@ -10,6 +10,7 @@ DECLARE
     m ml.models;
     k ml.model_kinds;
     src_type text;
+    src_generated "char";
     pk_cols text[];
     pk_types text[];
 BEGIN
@@ -22,6 +23,10 @@ BEGIN
     IF (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl)
             IN ('ml', 'pg_catalog', 'information_schema', 'pg_toast') THEN
         RAISE EXCEPTION 'pgsight: % is not a table pgsight may change (system or ml schema)', tbl;
+    END IF;
+    IF (SELECT relpersistence FROM pg_class WHERE oid = tbl) = 't' THEN
+        RAISE EXCEPTION 'pgsight: % is a temporary table, which no worker can see', tbl
+            USING HINT = 'use an ordinary (or UNLOGGED) table';
     END IF;
     SELECT * INTO m FROM ml.models WHERE name = model_name;
     IF NOT FOUND THEN
@@ -62,10 +67,18 @@ BEGIN
             USING HINT = 'choose another result_col, or drop the old one (ml.drop_embedding / ml.drop_prediction)';
     END IF;
 
-    SELECT format_type(atttypid, NULL) INTO src_type FROM pg_attribute
+    SELECT format_type(atttypid, NULL), attgenerated INTO src_type, src_generated FROM pg_attribute
     WHERE attrelid = tbl AND attname = source_col AND attnum > 0 AND NOT attisdropped;
     IF src_type IS NULL THEN
-        RAISE EXCEPTION 'pgsight: table % has no column %', tbl, coalesce(quote_literal(source_col), 'NULL');
+        RAISE EXCEPTION 'pgsight: table % has no column %', tbl, coalesce(quote_literal(source_col), 'NULL')
+            USING HINT = 'its columns: ' || (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+                                             FROM pg_attribute WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped);
+    END IF;
+    IF src_generated = 'v' THEN
+        -- computed when read: no trigger ever sees a value, and the worker could not read it either
+        RAISE EXCEPTION 'pgsight: column %.% is a VIRTUAL generated column, which pgsight cannot follow', tbl, source_col
+            USING HINT = 'make it STORED (ALTER TABLE ... DROP COLUMN, then ADD COLUMN ... GENERATED ALWAYS AS (...) STORED), '
+                         'or use the columns it is computed from';
     END IF;
     IF modality = 'image' AND src_type NOT IN ('text', 'character varying', 'bytea') THEN
         RAISE EXCEPTION 'pgsight: image column %.% is %, expected text (a path or URL) or bytea', tbl, source_col, src_type;
@@ -89,7 +102,8 @@ BEGIN
     RETURN NEXT;
 END $$;
 
--- Create the task: column(s), index, triggers, backfill. Runs in whichever transaction calls it.
+-- Create the task: column(s), index, triggers, backfill. Runs in the caller's transaction: a ROLLBACK
+-- undoes all of it.
 CREATE OR REPLACE FUNCTION ml._install_task(task_kind text, tbl regclass, model_name text, source_col text,
                                             result_col text, modality text, question text,
                                             index_mode text DEFAULT 'auto') RETURNS bigint
@@ -116,17 +130,25 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I text, ADD COLUMN %I real', tbl, result_col, result_col || '_score');
     END IF;
 
+    -- ml._task_add also records the columns' attribute numbers: a RENAME is followed (ml._task, ml._on_ddl_end)
     tid := ml._task_add(current_user, tbl, task_kind, model_name, source_col, result_col, modality, question,
-                        chk.key_col, chk.key_type, CASE WHEN task_kind = 'embedding' THEN
-                            left(format('%s_%s_hnsw', (SELECT relname FROM pg_class WHERE oid = tbl), result_col), 63) END);
+                        chk.key_col, chk.key_type,
+                        CASE WHEN task_kind = 'embedding' THEN ml._unique_index_name(tbl, result_col) END);
 
-    -- New rows: one statement-level trigger (a bulk INSERT queues its rows in one go).
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION ml._on_insert(%s)', 'pgsight_' || tid || '_insert', tbl, tid);
+    IF (SELECT relkind FROM pg_class WHERE oid = tbl) = 'p' THEN
+        -- Partitioned: a row trigger on the parent is cloned onto every partition, present and future
+        -- (CREATE TABLE ... PARTITION OF, ATTACH PARTITION), so rows written straight into one are queued.
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION ml._on_insert_row(%s)',
+                       'pgsight_' || tid || '_insert', tbl, tid);
+    ELSE
+        -- New rows: one statement-level trigger (a bulk INSERT queues its rows in one go).
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION ml._on_insert(%s)', 'pgsight_' || tid || '_insert', tbl, tid);
+    END IF;
     -- Changed sources only: UPDATEs of other columns (and the worker's write-back) never queue.
     EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %I ON %s FOR EACH ROW '
-                   'WHEN (OLD.%I IS DISTINCT FROM NEW.%I) EXECUTE FUNCTION ml._on_update(%s, %L)',
-                   'pgsight_' || tid || '_update', source_col, tbl, source_col, source_col, tid, chk.key_col);
+                   'WHEN (OLD.%I IS DISTINCT FROM NEW.%I) EXECUTE FUNCTION ml._on_update(%s)',
+                   'pgsight_' || tid || '_update', source_col, tbl, source_col, source_col, tid);
     PERFORM ml._grant_worker(tid, true);
     jid := ml._backfill(tid);
 
@@ -147,38 +169,90 @@ BEGIN
     RETURN jid;
 END $$;
 
+-- An index name no other relation of the table's schema has (a long table name truncated to 63
+-- characters would otherwise give two result columns the same name).
+CREATE OR REPLACE FUNCTION ml._unique_index_name(tbl regclass, result_col text) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    ns oid := (SELECT relnamespace FROM pg_class WHERE oid = tbl);
+    base text := format('%s_%s_hnsw', (SELECT relname FROM pg_class WHERE oid = tbl), result_col);
+    name text := left(base, 63);
+    i int := 1;
+BEGIN
+    WHILE EXISTS (SELECT 1 FROM pg_class WHERE relname = name AND relnamespace = ns)
+       OR EXISTS (SELECT 1 FROM ml.tasks t JOIN pg_class c ON c.oid = t.table_name
+                  WHERE t.index_name = name AND c.relnamespace = ns) LOOP
+        name := left(base, 63 - length(i::text) - 1) || '_' || i;
+        i := i + 1;
+    END LOOP;
+    RETURN name;
+END $$;
+
+-- Build the task's HNSW index and check that it exists, is valid and indexes the result column
+-- before the task says 'ready'.
 CREATE OR REPLACE FUNCTION ml._create_index(tid int) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_mem = '256MB' AS $$
 DECLARE
-    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    t ml.tasks := ml._task(tid);
     metric text := (SELECT metric FROM ml.models WHERE name = t.model);
     storage name := (SELECT ty.typname FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                      WHERE a.attrelid = t.table_name AND a.attname = t.result_col);  -- vector or halfvec
+    ns oid := (SELECT relnamespace FROM pg_class WHERE oid = t.table_name);
+    ok boolean;
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class WHERE relname = t.index_name AND relnamespace = ns)
+       AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                       WHERE c.relname = t.index_name AND c.relnamespace = ns AND i.indrelid = t.table_name
+                         AND i.indkey[0] = t.result_attnum) THEN
+        -- the name was taken by something else meanwhile: pick another
+        t.index_name := ml._unique_index_name(t.table_name, t.result_col);
+        UPDATE ml.tasks SET index_name = t.index_name WHERE id = tid;
+    END IF;
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
                    t.result_col, ml._vector_schema(), coalesce(storage, 'vector') ||
                    CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END);
+    SELECT i.indisvalid AND i.indkey[0] = t.result_attnum INTO ok
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+    WHERE c.relname = t.index_name AND c.relnamespace = ns AND i.indrelid = t.table_name;
+    IF NOT coalesce(ok, false) THEN
+        RAISE EXCEPTION 'pgsight: index % of %.% is missing or invalid after CREATE INDEX', t.index_name,
+            t.table_name, t.result_col;
+    END IF;
     PERFORM ml._task_index_state(tid, current_user, 'ready');
 END $$;
 
 -- Worker: build one pending index whose backfill has no rows left. One transaction: a worker that
--- dies mid-build leaves the task pending for the next one.
+-- dies mid-build leaves the task pending for the next one. The table's lock is waited for briefly
+-- (lock_timeout), with no other lock held but the task row's, so a user's DDL is never a deadlock victim.
 CREATE OR REPLACE FUNCTION ml.build_pending_index(worker bigint) RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET lock_timeout = '200ms' AS $$
 DECLARE
     tid int;
+    t ml.tasks;
 BEGIN
-    SELECT t.id INTO tid FROM ml.tasks t
-    WHERE t.index_state = 'pending'
-      AND NOT EXISTS (SELECT 1 FROM ml.queue q JOIN ml.jobs j ON j.id = q.job_id
-                      WHERE j.task_id = t.id AND j.kind = 'backfill')
-    LIMIT 1 FOR UPDATE SKIP LOCKED;
-    IF tid IS NOT NULL THEN
-        UPDATE ml.jobs SET progress = progress || '{"stage": "building index"}'
-        WHERE task_id = tid AND kind = 'backfill' AND status = 'running';
-        PERFORM ml._create_index(tid);
-    END IF;
-    RETURN tid;
+    FOR tid IN SELECT c.id FROM ml.tasks c
+               WHERE c.index_state = 'pending' AND (c.not_before IS NULL OR c.not_before <= now())
+                 AND NOT EXISTS (SELECT 1 FROM ml.queue q JOIN ml.jobs j ON j.id = q.job_id
+                                 WHERE j.task_id = c.id AND j.kind = 'backfill') LOOP
+        t := ml._task(tid);
+        CONTINUE WHEN t.id IS NULL;
+        BEGIN
+            PERFORM 1 FROM ml.tasks WHERE id = tid AND index_state = 'pending' FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+            PERFORM ml._create_index(tid);  -- CREATE INDEX locks the table first thing
+            RETURN tid;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- the table is busy (a user's DDL): next time
+        WHEN insufficient_privilege THEN  -- only the table's owner may: the column stays without index
+            UPDATE ml.tasks SET index_state = 'none', error = format(
+                'no HNSW index: the worker (role %s) may not build it (%s); the owner can: SELECT ml._create_index(%s)',
+                current_user, SQLERRM, tid) WHERE id = tid;
+            PERFORM ml.finish_jobs();
+        WHEN OTHERS THEN
+            PERFORM ml._task_failed(tid, 'building the index: ' || SQLERRM, NULL);
+        END;
+    END LOOP;
+    RETURN NULL;
 END $$;
 
 -- The worker role (pgsight_worker) reads exactly the key and source columns of a task's table and
@@ -186,7 +260,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ml._grant_worker(tid int, grant_it boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
-    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    t ml.tasks := ml._task(tid);
     results text;
 BEGIN
     IF t.id IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgsight_worker') THEN
@@ -200,17 +274,20 @@ BEGIN
     ELSIF NOT EXISTS (SELECT 1 FROM ml.tasks o WHERE o.table_name = t.table_name AND o.id <> t.id) THEN
         EXECUTE format('REVOKE SELECT (%I, %I) ON %s FROM pgsight_worker', t.key_col, t.source_col, t.table_name);
     END IF;
-EXCEPTION WHEN insufficient_privilege THEN
+EXCEPTION WHEN OTHERS THEN  -- never in the way of a drop: the grants go with the columns anyway
     RAISE NOTICE 'pgsight: could not % pgsight_worker the columns of %: %',
         CASE WHEN grant_it THEN 'grant' ELSE 'revoke from' END, t.table_name, SQLERRM;
 END $$;
 
 -- Queue every row of a task in a new backfill job; returns the job id. The keys are read with the
--- caller's rights; ml._backfill_job (SECURITY DEFINER) queues them.
+-- caller's rights; ml._backfill_job (SECURITY DEFINER) queues them. Keys are written as text under
+-- fixed settings (the SET clauses), so that they read back whatever the session's DateStyle.
 CREATE OR REPLACE FUNCTION ml._backfill(tid int) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' AS $$
 DECLARE
-    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = tid);
+    t ml.tasks := ml._task(tid);
     keys text[];
 BEGIN
     EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I IS NOT NULL', t.key_col, t.table_name, t.source_col)
@@ -219,13 +296,18 @@ BEGIN
 END $$;
 
 -- Trigger functions are SECURITY DEFINER: whoever writes the user's table (an application role
--- that knows nothing of pgsight) may queue its rows, and nothing else.
+-- that knows nothing of pgsight) may queue its rows, and nothing else. They never fail the user's
+-- statement: whatever goes wrong is recorded on the task (ml.tasks.error) and the statement goes on.
+-- Keys are cast to text under fixed settings (see ml._backfill).
 CREATE OR REPLACE FUNCTION ml._on_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' AS $$
 DECLARE
-    t ml.tasks := (SELECT t FROM ml.tasks t WHERE id = TG_ARGV[0]::int);
+    t ml.tasks;
     n bigint;
 BEGIN
+    t := ml._task(TG_ARGV[0]::int);
     -- the task's table (or a partition of it), not a trigger some user pointed at another's task
     IF t.id IS NULL OR (t.table_name <> TG_RELID
                         AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
@@ -238,36 +320,78 @@ BEGIN
         PERFORM pg_notify('ml_work', t.id::text);
     END IF;
     RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION ml._on_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
-DECLARE
-    k text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM ml.tasks t WHERE t.id = TG_ARGV[0]::int
-                   AND (t.table_name = TG_RELID
-                        OR t.table_name IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a))) THEN
-        RETURN NULL;  -- a trigger some user pointed at another's task
-    END IF;
-    EXECUTE format('SELECT ($1).%I::text', TG_ARGV[1]) USING NEW INTO k;
-    INSERT INTO ml.queue (task_id, key) VALUES (TG_ARGV[0]::int, k);
-    PERFORM pg_notify('ml_work', TG_ARGV[0]);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM ml._trigger_failed(TG_ARGV[0]::int, SQLERRM);
     RETURN NULL;
 END $$;
 
--- Autonomous when possible: the task commits on its own, so `SELECT ml.wait(ml.create_embedding(...))`
--- works in one statement. When the caller's transaction has written something or touched the table
--- (or SET pgsight.autonomous = off), it runs in the caller's transaction (then wait after COMMIT).
+-- Row trigger of partitioned tables (cloned onto each partition).
+CREATE OR REPLACE FUNCTION ml._on_insert_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' AS $$
+DECLARE
+    t ml.tasks;
+    k text;
+    has_src boolean;
+BEGIN
+    t := ml._task(TG_ARGV[0]::int);
+    -- the task's table (or a partition of it), not a trigger some user pointed at another's task
+    IF t.id IS NULL OR (t.table_name <> TG_RELID
+                        AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT ($1).%I::text, ($1).%I IS NOT NULL', t.key_col, t.source_col) USING NEW INTO k, has_src;
+    IF has_src THEN
+        INSERT INTO ml.queue (task_id, key) VALUES (t.id, k);
+        PERFORM pg_notify('ml_work', t.id::text);
+    END IF;
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM ml._trigger_failed(TG_ARGV[0]::int, SQLERRM);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION ml._on_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' AS $$
+DECLARE
+    t ml.tasks;
+    k text;
+BEGIN
+    t := ml._task(TG_ARGV[0]::int);
+    -- the task's table (or a partition of it), not a trigger some user pointed at another's task
+    IF t.id IS NULL OR (t.table_name <> TG_RELID
+                        AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT ($1).%I::text', t.key_col) USING NEW INTO k;
+    INSERT INTO ml.queue (task_id, key) VALUES (t.id, k);
+    PERFORM pg_notify('ml_work', t.id::text);
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM ml._trigger_failed(TG_ARGV[0]::int, SQLERRM);
+    RETURN NULL;
+END $$;
+
+-- A trigger could not queue rows: say so on the task (ml.tasks.error, `pgsight status`) and in the
+-- server log, and let the user's statement go on.
+CREATE OR REPLACE FUNCTION ml._trigger_failed(tid int, err text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+BEGIN
+    RAISE WARNING 'pgsight: could not queue rows of task %: %', tid, err;
+    UPDATE ml.tasks SET state = 'failing', error = 'queueing new rows: ' || err, failed_at = now() WHERE id = tid;
+EXCEPTION WHEN OTHERS THEN
+    NULL;
+END $$;
+
+-- Runs in the caller's transaction: a ROLLBACK undoes the column, index, triggers and job. To submit,
+-- commit and wait in one statement: CALL ml.create_embedding_and_wait(...) (udf/ddl.sql).
 CREATE OR REPLACE FUNCTION ml._create_task(task_kind text, tbl regclass, model_name text, source_col text,
                                            result_col text, modality text, question text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
-    PERFORM ml._check_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
-    IF ml._may_commit_alone() AND NOT ml._locked_by_me(tbl) AND ml._loopback_is(current_user::text) THEN
-        RETURN ml._autonomous(format('SELECT ml._install_task(%L, %s::oid::regclass, %L, %L, %L, %L, %L, %L)',
-            task_kind, tbl::oid, model_name, source_col, result_col, modality, question, ml.setting('index')))::bigint;
-    END IF;
     RETURN ml._install_task(task_kind, tbl, model_name, source_col, result_col, modality, question, ml.setting('index'));
 END $$;
 
@@ -284,21 +408,29 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     SELECT ml._create_task('prediction', table_name, model, image_col, result_col, 'image', question)
 $$;
 
+-- Works whatever happened to the table since (columns renamed, source dropped ...).
 CREATE OR REPLACE FUNCTION ml._drop_task(task_kind text, tbl regclass, col text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
+    tid int;
     t ml.tasks;
 BEGIN
-    SELECT * INTO t FROM ml.tasks WHERE table_name = tbl AND result_col = col AND kind = task_kind;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgsight: %.% is not a pgsight % column', tbl, coalesce(quote_ident(col), 'NULL'), task_kind;
+    SELECT x.id INTO tid FROM ml.tasks x
+    WHERE x.table_name = tbl AND x.kind = task_kind
+      AND (x.result_col = col OR x.result_attnum = (SELECT attnum FROM pg_attribute
+                                                    WHERE attrelid = tbl AND attname = col AND NOT attisdropped));
+    IF tid IS NULL THEN
+        RAISE EXCEPTION 'pgsight: %.% is not a pgsight % column', tbl, coalesce(quote_ident(col), 'NULL'), task_kind
+            USING HINT = coalesce('its pgsight columns: ' || (SELECT string_agg(quote_ident(x.result_col) || ' (' || x.kind || ')', ', ')
+                                                               FROM ml.tasks x WHERE x.table_name = tbl), 'it has none');
     END IF;
+    t := ml._task(tid);
     PERFORM ml._grant_worker(t.id, false);  -- before the column goes (the drop event forgets the task)
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgsight_' || t.id || '_insert', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgsight_' || t.id || '_update', tbl);
-    EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, col);  -- drops its index too
+    EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, t.result_col);  -- drops its index too
     IF task_kind = 'prediction' THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, col || '_score');
+        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, t.result_col || '_score');
     END IF;
     PERFORM ml._tasks_forget(ARRAY[t.id]);  -- its queue rows, open jobs and the task
 END $$;
@@ -312,27 +444,3 @@ CREATE OR REPLACE FUNCTION ml.drop_prediction(table_name regclass, result_col te
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     SELECT ml._drop_task('prediction', table_name, result_col)
 $$;
-
--- A user table (or a result column) dropped with plain DDL takes its pgsight task along.
-CREATE OR REPLACE FUNCTION ml._on_sql_drop() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, ml AS $$
-BEGIN
-    IF to_regclass('ml.tasks') IS NULL THEN
-        RETURN;  -- the ml schema itself is being dropped
-    END IF;
-    -- the dropping role may not see the tasks (another role's): ml._tasks_forget looks at all of them
-    IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() o WHERE o.object_type IN ('table', 'table column')) THEN
-        PERFORM ml._tasks_forget(NULL);
-    END IF;
-END $$;
-
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgsight_sql_drop') THEN
-        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-            CREATE EVENT TRIGGER pgsight_sql_drop ON sql_drop EXECUTE FUNCTION ml._on_sql_drop();
-        ELSE
-            RAISE NOTICE 'pgsight: not a superuser, so no event trigger: drop pgsight columns with ml.drop_embedding';
-        END IF;
-    END IF;
-END $$;

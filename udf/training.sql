@@ -28,9 +28,7 @@ BEGIN
         IF key IN ('batch_size', 'max_epochs') AND (jsonb_typeof(val) <> 'number' OR val::numeric < 1 OR val::numeric <> trunc(val::numeric)) THEN
             RAISE EXCEPTION 'pgsight: option % must be a positive integer, got %', key, val;
         END IF;
-        IF key IN ('learning_rate', 'temperature') AND val::numeric <= 0 THEN
-            RAISE EXCEPTION 'pgsight: option % must be positive, got %', key, val;
-        END IF;
+        PERFORM ml._check_option(key, val);  -- its valid range (udf/options.sql)
     END LOOP;
     RETURN defaults || options;
 END $$;

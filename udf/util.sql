@@ -1,4 +1,4 @@
--- Settings, identifier checks and the loopback connection used for autonomous work.
+-- Settings, identifier checks and the loopback connection (query-time calls, ml.wait, evaluation).
 
 -- A setting: the session's `pgsight.<key>` if set, else ml.settings.
 CREATE OR REPLACE FUNCTION ml.setting(key text) RETURNS text
@@ -64,24 +64,9 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     SELECT ml._loopback_open(current_user::text)
 $$;
 
--- True when the loopback logs in as the caller's own role: then work may commit on its own
--- (autonomously) with exactly the caller's privileges.
-CREATE OR REPLACE FUNCTION ml._loopback_is(who text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
-    SELECT coalesce(nullif(role, ''), who) = who FROM ml.loopback
-$$;
-
--- May work commit on its own, apart from the caller's transaction? Yes unless the caller's transaction
--- has written something already (an xid is assigned: a table or model it created would be invisible
--- to the loopback session), or the session says `SET pgsight.autonomous = off` (Alembic migrations
--- do, to keep everything in their transaction). Called before the function itself writes anything.
-CREATE OR REPLACE FUNCTION ml._may_commit_alone() RETURNS boolean
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT pg_current_xact_id_if_assigned() IS NULL AND ml.setting('autonomous') <> 'off'
-$$;
-
 -- Run one statement in its own transaction (committed when it returns) and give back its
--- single text result.
+-- single text result. Used by evaluation only (it waits for its own job); create_* and build_model
+-- run in the caller's transaction.
 CREATE OR REPLACE FUNCTION ml._autonomous(stmt text) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
@@ -91,16 +76,6 @@ BEGIN
     SELECT r INTO result FROM dblink(conn, stmt) AS t(r text);
     RETURN result;
 END $$;
-
--- True when this session's transaction holds a lock on the table (it created, altered or read it):
--- then autonomous DDL on the table would wait for us forever, so the work runs in our transaction.
-CREATE OR REPLACE FUNCTION ml._locked_by_me(tbl regclass) RETURNS boolean
-LANGUAGE sql VOLATILE SET search_path = pg_catalog AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_locks
-                   WHERE pid = pg_backend_pid() AND locktype = 'relation'
-                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                     AND relation = tbl)
-$$;
 
 -- The schema pgvector was installed in (usually public): DDL names its type and operator classes
 -- with it, so functions keep a pinned search_path.

@@ -15,6 +15,7 @@ by one; the row that kills a process again gets an error line and the others are
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
 import multiprocessing
@@ -188,9 +189,10 @@ class LoaderPool:
         tune_allocator()
 
     def _loader_args(self) -> dict[str, Any]:
-        ld = self.loader
-        return {"roots": [str(r) for r in ld.roots], "allow_urls": ld.allow_urls, "max_bytes": ld.max_bytes,
-                "max_pixels": ld.max_pixels, "url_timeout": ld.url_timeout}
+        """The worker's ImageLoader settings, every field: loader processes read with the same rules."""
+        args = {f.name: getattr(self.loader, f.name) for f in dataclasses.fields(self.loader) if f.init}
+        args["roots"] = [str(r) for r in self.loader.roots]
+        return args
 
     def _process_pool(self) -> ProcessPoolExecutor:
         with self._lock:

@@ -48,6 +48,7 @@ class WorkerConfig:
     device: str = "auto"
     batch_size: int = 256
     allow_urls: bool = False
+    allow_private_urls: bool = False  # with allow_urls: loopback, private, link-local addresses too
     url_timeout: float = 10.0
     max_image_bytes: int = 50 * 1024 * 1024
     poll_interval: float = 1.0
@@ -64,6 +65,7 @@ class Worker:
         self.config = config
         self.device = pick_device(config.device)
         self.loader = ImageLoader(config.image_roots, allow_urls=config.allow_urls, url_timeout=config.url_timeout,
+                                  allow_private_urls=config.allow_private_urls,
                                   max_bytes=config.max_image_bytes)
         cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
         self.models = ModelCache(self.device, cache)
@@ -76,6 +78,7 @@ class Worker:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pgsight-write")
         self.rows_done = 0
         self.batches_done = 0
+        self.errors = 0  # unexpected errors survived (see run)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -106,6 +109,17 @@ class Worker:
                     backoff = 0.5
                 except psycopg.OperationalError as e:
                     log.warning("database connection lost (%s); retrying in %.1fs", e, backoff)
+                    lost = True
+                    self._close_conns()
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 10)
+                except Exception as e:  # data or DDL never stops the worker
+                    # Errors of a row, a batch or a task are attributed in SQL (ml.claim, ml._write_back)
+                    # and in RowProcessor.write; what reaches here is unexpected: log it, hand back
+                    # what this worker holds (the rows' attempts were counted, so a poison row is
+                    # dead-lettered after max_attempts) and go on after a pause.
+                    log.exception("unexpected error, going on in %.1fs: %s", backoff, e)
+                    self.errors += 1
                     lost = True
                     self._close_conns()
                     self.stop.wait(backoff)

@@ -2,6 +2,7 @@
 different threads (claim+load, compute, write) so that the device is not idle during I/O."""
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from pgsight.worker.loaders import LoaderPool
 from pgsight.worker.models import Adapter
 from pgsight.worker.registry import ModelCache, ModelLoadError
 from psycopg.rows import dict_row
+
+log = logging.getLogger("pgsight.worker")
 
 
 @dataclass
@@ -159,6 +162,22 @@ class RowProcessor:
             self.seconds["write"] += time.perf_counter() - t0
 
     def _write(self, conn: psycopg.Connection, worker_id: int, batch: Batch) -> int:
+        try:
+            return self._write_batch(conn, worker_id, batch)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            # ml._write_back attributes row and table errors itself; anything left is the task's:
+            # record it, back the task off and hand its rows back (other tasks go on)
+            tid = batch.task.get("id")
+            log.warning("task %s: writing back failed: %s", tid, e)
+            if tid is not None:
+                conn.execute("SELECT ml.task_failed(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, str(e)))
+            else:
+                conn.execute("SELECT ml.retry_rows(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, str(e)))
+            return 0
+
+    def _write_batch(self, conn: psycopg.Connection, worker_id: int, batch: Batch) -> int:
         tid = batch.task.get("id")
         if batch.retry_error:
             conn.execute("SELECT ml.retry_rows(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, batch.retry_error))

@@ -19,11 +19,13 @@ TINY = {"arch": "tiny", "image_size": 16, "batch_size": 4, "max_epochs": 1}
 # Every SECURITY DEFINER function of schema ml, reviewed (docs/security.md lists why each is one).
 # A new one fails test_security_definer_functions_are_reviewed until it is added here after review.
 REVIEWED_DEFINERS = {
-    "_loopback_open", "_loopback_is",          # read ml.loopback (may hold a password)
-    "_on_insert", "_on_update",                # queue rows for whoever writes a user's table
+    "_loopback_open",                          # read ml.loopback (may hold a password)
+    "_on_insert", "_on_insert_row", "_on_update",  # queue rows for whoever writes a user's table
+    "_on_ddl_end", "_on_sql_drop",             # event triggers: follow renames, forget dropped columns (any role's DDL)
     "_job_submit", "_snapshot_seal", "_snapshot_drop", "_job_cancel",   # training/evaluation jobs
     "_task_add", "_task_index_state", "_backfill_job", "_tasks_forget",  # derived columns
     "_model_put", "_model_drop",                # models
+    "_rpc_ticket", "_rpc_submit", "_rpc_state", "_rpc_forget",  # query-time requests (docs/query-time.md)
 }
 
 
