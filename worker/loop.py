@@ -55,6 +55,7 @@ class WorkerConfig:
     poll_interval: float = 1.0
     heartbeat_interval: float = 2.0
     loader_threads: int = 2   # per feeder; image decode is mostly GIL-bound for small images
+    loader_processes: int | None = None  # decode in this many processes (None: one per core; 0: in threads)
     rpc: bool = True
     jobs: bool = True          # take training/evaluation jobs
     cache_dir: Path | None = None
@@ -69,7 +70,7 @@ class Worker:
                                   max_bytes=config.max_image_bytes)
         cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
         self.models = ModelCache(self.device, cache)
-        self.rows = RowProcessor(self.models, self.loader, config.loader_threads)
+        self.rows = RowProcessor(self.models, self.loader, config.loader_threads, config.loader_processes)
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.id = 0
