@@ -86,20 +86,37 @@ BEGIN
     RETURN NEXT;
 END $$;
 
--- The body of every ml_owner function, run as the table's owner: the task as its owner sees it (a
--- task declared by the owner; a task declared by another member of the owner role is not visible
--- to the owner and fails with this error).
+-- A task, for the owner of its table (`who`, the current_user of ml._owner_exec): only asked from a
+-- worker's session or a session of that role (the task's names are not shown to other roles).
+CREATE OR REPLACE FUNCTION ml._owner_task(tid int, who name) RETURNS ml.tasks
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+DECLARE
+    t ml.tasks;
+BEGIN
+    IF NOT (pg_has_role(session_user, who, 'MEMBER')
+            OR (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgsight_worker')
+                AND pg_has_role(session_user, 'pgsight_worker', 'MEMBER'))) THEN
+        RETURN NULL;
+    END IF;
+    t := ml._task(tid);
+    IF t.id IS NULL OR (SELECT relowner FROM pg_class WHERE oid = t.table_name)
+                       IS DISTINCT FROM (SELECT oid FROM pg_roles WHERE rolname = who) THEN
+        RETURN NULL;
+    END IF;
+    RETURN t;
+END $$;
+
+-- The body of every ml_owner function, run as the table's owner.
 CREATE OR REPLACE FUNCTION ml._owner_exec(tid int, op text, keys text[], hashes text[], vecs vector[], answers text[],
                                           scores real[], ints int[])
 RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
                rls boolean, reader name)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
-    t ml.tasks := ml._task(tid);
+    t ml.tasks := ml._owner_task(tid, current_user);
 BEGIN
-    IF t.id IS NULL OR NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = t.table_name), 'USAGE') THEN
-        RAISE EXCEPTION 'pgsight: task % is not visible to role % (the owner of its table)', tid, current_user
-            USING HINT = 'declare pgsight columns as the table''s owner';
+    IF t.id IS NULL THEN
+        RAISE EXCEPTION 'pgsight: task % is not on a table of role %', tid, current_user;
     END IF;
     RETURN QUERY SELECT * FROM ml._user_table_op(t, op, keys, hashes, vecs, answers, scores, ints);
 END $$;

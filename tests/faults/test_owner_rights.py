@@ -82,3 +82,20 @@ def test_user_code_fired_by_the_worker_runs_as_the_table_owner(dsn, tenants, wor
     for i, e in errors.items():
         assert "permission denied" in e or "cannot set parameter \"role\" within security-definer function" in e, (i, e)
     assert embedded == set(range(10)) - set(ATTACKS)  # ... and the tenant's ordinary rows are embedded
+    if via == "trigger":  # the owner may not make its function SECURITY INVOKER, nor replace it
+        fn = a.execute("SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                       "WHERE n.nspname = 'ml_owner' AND p.proowner = %s::regrole", (me,)).fetchone()[0]
+        ddls = [f"ALTER FUNCTION {fn} SECURITY INVOKER", f"ALTER FUNCTION {fn} RENAME TO x",
+                f"ALTER FUNCTION {fn} SET search_path = public"]
+        for ddl in ddls:  # no USAGE on ml_owner: she cannot even name it
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema ml_owner"):
+                a.execute(ddl)
+        with psycopg.connect(dsn, autocommit=True) as admin:  # and with it, the event trigger refuses
+            admin.execute(f"GRANT USAGE ON SCHEMA ml_owner TO {me}")
+            try:
+                for ddl in [ddls[0], ddls[2]]:  # (a RENAME needs CREATE on the schema: refused anyway)
+                    with pytest.raises(psycopg.errors.RaiseException, match="functions of schema ml_owner are pgsight's"):
+                        a.execute(ddl)
+            finally:
+                admin.execute(f"REVOKE USAGE ON SCHEMA ml_owner FROM {me}")
+            assert admin.execute("SELECT prosecdef FROM pg_proc WHERE oid = %s::regprocedure", (fn,)).fetchone()[0]
