@@ -157,7 +157,7 @@ def test_row_level_security_fails_loudly_then_works_with_a_policy(conn, dsn, ima
         job = conn.execute("SELECT ml.create_embedding('secret', 'px', 'path')").fetchone()[0]
         assert conn.execute("SELECT ml.wait(%s, '60 seconds')", (job,)).fetchone()[0] == "failed"
         error = conn.execute("SELECT error FROM ml.errors WHERE job_id = %s LIMIT 1", (job,)).fetchone()[0]
-        assert "row-level security" in error and f"CREATE POLICY pgsight_worker ON secret FOR ALL TO {owner}" in error
+        assert "row-level security" in error and f"CREATE POLICY pgsight_worker ON public.secret FOR ALL TO {owner}" in error
         assert conn.execute("SELECT count(*) FROM ml.errors WHERE job_id = %s", (job,)).fetchone()[0] == 10
         e.assert_serving()
         # the documented grant: a policy for the owner
@@ -168,4 +168,5 @@ def test_row_level_security_fails_loudly_then_works_with_a_policy(conn, dsn, ima
     finally:
         e.close()
         conn.execute("DROP TABLE IF EXISTS secret")
+        conn.execute(f"DROP OWNED BY {owner} CASCADE")
         conn.execute(f"DROP ROLE IF EXISTS {owner}")
