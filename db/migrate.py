@@ -5,7 +5,7 @@ from pathlib import Path
 
 import psycopg
 from alembic.config import Config
-from pgsight.db import schema
+from pgsight.db import schema, search
 from sqlalchemy import create_engine, pool
 
 from alembic import command
@@ -52,14 +52,17 @@ def head() -> str:
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
-def upgrade(dsn: str, revision: str = HEAD) -> None:
+def upgrade(dsn: str, revision: str = HEAD, search_settings: bool = True) -> None:
     """Bring the database to `revision` (default: the newest). At the newest revision already, only
-    function files that changed since the last migration are re-applied (cheap when none did)."""
+    function files that changed since the last migration are re-applied (cheap when none did).
+    `search_settings`: make filtered vector search right by default (pgsight.db.search)."""
     _check_server(dsn)
     _run(dsn, command.upgrade, revision)
     if revision == HEAD:
         with psycopg.connect(dsn) as conn:
             schema.sync_functions(conn)
+            if search_settings:
+                search.install(conn)
 
 
 def downgrade(dsn: str, revision: str) -> None:

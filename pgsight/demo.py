@@ -6,6 +6,10 @@ precision@10 against the labels. Model kinds add their own sections (pgsight/dem
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import platform
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +22,8 @@ from pgsight.db import migrate
 from pgsight.db.embedded import EmbeddedServer
 from pgsight.testing import running_worker
 
-console = Console()
+# a DSN is never split across lines, and a table is never squeezed to 80 columns in a log
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 #: sections after the pixels baseline, each a module in pgsight.demos with run(dsn, out, console) -> dict
 SECTIONS: list[str] = ["simclr", "clip", "vilt"]
@@ -40,6 +45,10 @@ def precision_at_k(conn: psycopg.Connection, table: str, column: str, model: str
 
 
 def run_demo(out: Path, data_dir: Path | None = None) -> int:
+    from pgsight.worker.logs import quiet_libraries
+
+    quiet_libraries()  # no tqdm bars in the demo's log
+    started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     server = EmbeddedServer(data_dir) if data_dir else EmbeddedServer()
     with console.status("starting the embedded PostgreSQL server..."):
@@ -49,7 +58,7 @@ def run_demo(out: Path, data_dir: Path | None = None) -> int:
             conn.execute("CREATE DATABASE pgsight_demo")
     dsn = server.dsn("pgsight_demo")
     migrate.upgrade(dsn)
-    console.print(f"database: [bold]{dsn}[/bold]  (psql '{dsn}')")
+    console.print(f"database: [bold]{dsn}[/bold]  (pgsight psql --dsn '{dsn}')", highlight=False)
 
     with console.status("writing sklearn's digits as PNG files..."):
         rows = datasets.write_digits(out)
@@ -85,4 +94,28 @@ def run_demo(out: Path, data_dir: Path | None = None) -> int:
         table.add_row(model, ", ".join(f"{k} = {v}" for k, v in numbers.items()))
     console.print(table)
     print(f"precision@10 (pixels, image→image search on digits): {summary['pixels']['precision@10']:.3f}")
+    record = {"machine": machine(), "wall_s": round(time.perf_counter() - started, 1), "results": summary}
+    (out / "results.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    console.print(f"numbers and machine recorded in {out / 'results.json'}; contact sheets: "
+                  + ", ".join(sorted(p.name for p in out.glob("*.png"))), highlight=False)
+    stop = "pgsight server stop" + (f" --data-dir {server.data_dir}" if data_dir else "")
+    console.print(f"the embedded server is left running ({server.data_dir}) so you can look around: "
+                  f"pgsight psql --dsn '{dsn}'; stop it with `{stop}`", highlight=False)
     return 0
+
+
+def machine() -> dict[str, object]:
+    """What the demo ran on, recorded next to its numbers."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}

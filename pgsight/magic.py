@@ -55,6 +55,11 @@ class ResultTable:
         return "\n".join(lines + [f"({len(self.rows)} row{'s' if len(self.rows) != 1 else ''})"])
 
 
+def prefixed(message: str) -> str:
+    """One `pgsight: ` in front of a message (the database's own messages already carry it)."""
+    return message if message.startswith("pgsight: ") else "pgsight: " + message
+
+
 def as_table(result: Result) -> Any:
     try:
         import pandas as pd
@@ -81,7 +86,7 @@ class NotebookReporter(Reporter):
         print(message)
 
     def warn(self, message: str) -> None:
-        print("pgsight: " + message)
+        print(prefixed(message))
 
     def job_started(self, job_id: int, label: str) -> None:
         self.handle, self.label = None, f"job {job_id} {label}"
@@ -206,10 +211,10 @@ class PgsightMagics(Magics):
             for t in translations:
                 results.extend(runner.run_translation(t))
         except (thanosql.ThanoSQLError, JobFailed, ValueError) as e:
-            raise UsageError(f"pgsight: {e}") from None
+            raise UsageError(prefixed(str(e))) from None
         except psycopg.Error as e:
             hint = e.diag.message_hint if e.diag is not None else None
-            raise UsageError(f"pgsight: {(e.diag.message_primary if e.diag else None) or e}"
+            raise UsageError(prefixed(str((e.diag.message_primary if e.diag else None) or e))
                              + (f"\n  hint: {hint}" if hint else "")) from None
         shown = [self._value(r) for r in results]
         for value in shown[:-1]:

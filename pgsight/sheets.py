@@ -98,8 +98,10 @@ def _caption_value(value: Any) -> str:
 
 
 def contact_sheet(rows: Sequence[tuple], columns: Sequence[str], image_col: str, loader: ImageLoader,
-                  thumb: int = 128, ncols: int | None = None, title: str | None = None) -> Image.Image:
-    """A grid of thumbnails (thumb x thumb, aspect kept) with one caption line per other column."""
+                  thumb: int = 128, ncols: int | None = None, title: str | None = None,
+                  failures: list[str] | None = None) -> Image.Image:
+    """A grid of thumbnails (thumb x thumb, aspect kept) with one caption line per other column.
+    `failures` collects why each unreadable image (a grey cell) could not be read."""
     if not rows:
         raise ValueError("no rows to draw: the query returned nothing")
     img_i = list(columns).index(image_col)
@@ -130,6 +132,8 @@ def contact_sheet(rows: Sequence[tuple], columns: Sequence[str], image_col: str,
                                  Image.Resampling.NEAREST)
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         except ImageError as e:
+            if failures is not None:
+                failures.append(str(e))
             draw.rectangle((x, y, x + thumb - 1, y + thumb - 1), fill=MISSING)
             words, lines = str(e).split(), [""]
             for w in words:  # wrap the reason into the cell

@@ -98,7 +98,7 @@ def _job_target(j: dict[str, Any]) -> str:
     return f"{j['model']}"
 
 
-def render(snap: Snapshot) -> RenderableType:
+def render(snap: Snapshot, with_hints: bool = True) -> RenderableType:
     parts: list[RenderableType] = []
     jobs = Table(title="jobs", title_justify="left", expand=False)
     for col in ("id", "kind", "target", "status", "progress", "done/total", "rows/s", "ETA", "elapsed", "failed"):
@@ -145,7 +145,7 @@ def render(snap: Snapshot) -> RenderableType:
             errors.add_row(Text(f"{e['table_name']}.{e['column_name']}"), Text(e["model"] or "-"), str(e["errors"]),
                            Text(e["last_error"]), duration(snap.at - e["last_at"]) + " ago")
         parts.append(errors)
-    for h in hints(snap):
+    for h in (hints(snap) if with_hints else []):
         parts.append(Text("→ " + h, style="yellow"))
     return Group(*parts)
 

@@ -31,7 +31,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgsight import udf
-from pgsight.db import migrate
+from pgsight.db import migrate, search
 
 PGVECTOR_IMAGE = os.environ.get("PGSIGHT_TEST_IMAGE", "pgvector/pgvector:pg17")
 
@@ -138,6 +138,8 @@ class TestServer:
         name = f"pgsight_test_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template()}"')
+        with psycopg.connect(self.dsn(name)) as conn:  # per-database settings are not copied from the template
+            search.install(conn)
         try:
             yield self.dsn(name)
         finally:

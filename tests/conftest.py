@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ pytest_plugins = ["pgsight.testing"]
 
 # no model hub here (and none in CI): fail fast instead of retrying downloads
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# servers started by `pgsight server start` in tests are remembered here, not in the user's state dir
+os.environ.setdefault("PGSIGHT_STATE_DIR", tempfile.mkdtemp(prefix="pgsight-test-state-"))
 
 
 @pytest.fixture

@@ -20,7 +20,10 @@ def test_server_lifecycle_and_migrate(tmp_path):
         assert dsn.startswith("postgresql://") and pgsight("server", "url", "--data-dir", data).stdout.strip() == dsn
         assert pgsight("server", "start", "--data-dir", data).stdout.strip() == dsn  # reused
         first = pgsight("migrate", "--dsn", dsn)
-        assert "ml schema at revision" in first.stderr and "already there" not in first.stderr
+        from pgsight.db.migrate import head
+
+        assert f"revision {head()}" in first.stderr and f"database: {dsn} (--dsn)" in first.stderr
+        assert "already there" not in first.stderr
         second = pgsight("migrate", "--dsn", dsn)
         assert "already there" in second.stderr
         with psycopg.connect(dsn) as conn:

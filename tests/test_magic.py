@@ -49,7 +49,7 @@ def test_magic_without_a_dsn_says_how_to_give_one(monkeypatch, tmp_path):
     monkeypatch.delenv("PGSIGHT_DSN", raising=False)
     monkeypatch.setenv("PGSIGHT_DATA_DIR", str(tmp_path / "none"))
     magic = PgsightMagics(shell=None)
-    with pytest.raises(UsageError, match=r"embedded server is not running.*%pgsight --dsn"):
+    with pytest.raises(UsageError, match=r"no embedded server is running.*%pgsight --dsn"):
         magic.pgsight("SELECT 1")
     with pytest.raises(UsageError, match="cannot connect to"):
         magic.pgsight(f'--dsn "host={tmp_path} port=1 connect_timeout=2" SELECT 1')

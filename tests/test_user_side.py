@@ -230,6 +230,9 @@ def test_sql_command_dry_run_run_and_errors(dsn, photos, tmp_path):
     assert "photo 1" in res.stdout and "(2 rows)" in res.stderr
     res = cli.invoke(app, ["sql", "--dsn", dsn, "SELECT '[1,2.5,3]'::vector AS v, '[red]x[/red]' AS markup"])
     assert res.exit_code == 0, res.output
+    assert "<vector 3>" in res.stdout and "2.5" not in res.stdout  # vectors elided unless asked for
+    res = cli.invoke(app, ["sql", "--dsn", dsn, "--vectors", "SELECT '[1,2.5,3]'::vector AS v, '[red]x[/red]' AS markup"])
+    assert res.exit_code == 0, res.output
     assert "[1,2.5,3]" in res.stdout and "[red]x[/red]" in res.stdout  # values are never rich markup
     res = cli.invoke(app, ["sql", "--dsn", dsn, "SELECT ml.create_embedding('photos', 'px', 'image_path', 'convert_result')"])
     assert res.exit_code == 1

@@ -96,7 +96,9 @@ CREATE OR REPLACE FUNCTION ml.job_finish(job_id bigint, worker bigint, status te
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     UPDATE ml.jobs j SET status = job_finish.status, error = job_finish.error, result = job_finish.result,
         finished_at = now(), lease_until = NULL
-    WHERE j.id = job_id AND j.claimed_by = worker AND j.status = 'running'
+    WHERE j.id = job_id AND j.claimed_by = worker AND j.status = 'running';
+    -- in the same transaction: whoever sees the job over sees its snapshot gone
+    SELECT ml._snapshot_drop(job_id);
 $$;
 
 -- Worker: per-row problems of a training/evaluation job (an unreadable image ...) into ml.errors;

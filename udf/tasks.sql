@@ -120,7 +120,12 @@ BEGIN
         RAISE EXCEPTION 'pgsight: setting index must be auto, now or off, got %', quote_literal(index_mode);
     END IF;
     IF task_kind = 'embedding' THEN
-        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.vector(%s)', tbl, result_col, ml._vector_schema(), m.dim);
+        -- storage: vector (float4) or halfvec (float2: half the size, same recall; SET pgsight.storage = halfvec)
+        IF coalesce(ml.setting('storage'), 'vector') NOT IN ('vector', 'halfvec') THEN
+            RAISE EXCEPTION 'pgsight: setting storage must be vector or halfvec, got %', quote_literal(ml.setting('storage'));
+        END IF;
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.%s(%s)', tbl, result_col, ml._vector_schema(),
+                       coalesce(ml.setting('storage'), 'vector'), m.dim);
     ELSE
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I text, ADD COLUMN %I real', tbl, result_col, result_col || '_score');
     END IF;
@@ -190,6 +195,8 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_
 DECLARE
     t ml.tasks := ml._task(tid);
     metric text := (SELECT metric FROM ml.models WHERE name = t.model);
+    storage name := (SELECT ty.typname FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+                     WHERE a.attrelid = t.table_name AND a.attname = t.result_col);  -- vector or halfvec
     ns oid := (SELECT relnamespace FROM pg_class WHERE oid = t.table_name);
     ok boolean;
 BEGIN
@@ -202,8 +209,8 @@ BEGIN
         UPDATE ml.tasks SET index_name = t.index_name WHERE id = tid;
     END IF;
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
-                   t.result_col, ml._vector_schema(),
-                   CASE metric WHEN 'l2' THEN 'vector_l2_ops' WHEN 'ip' THEN 'vector_ip_ops' ELSE 'vector_cosine_ops' END);
+                   t.result_col, ml._vector_schema(), coalesce(storage, 'vector') ||
+                   CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END);
     SELECT i.indisvalid AND i.indkey[0] = t.result_attnum INTO ok
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
     WHERE c.relname = t.index_name AND c.relnamespace = ns AND i.indrelid = t.table_name;

@@ -6,22 +6,14 @@ with a timeout and a size cap.
 """
 from __future__ import annotations
 
-import io
 import os
 import urllib.parse
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from pgsight.worker import fetch
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding (see max_pixels)
-
-
-class ImageError(Exception):
-    """An image that cannot be used; the message is what the user sees in ml.errors."""
+from pgsight.worker.decode import ImageError, decode, to_rgb  # noqa: F401 (decode, to_rgb: public here)
+from PIL import Image
 
 
 @dataclass
@@ -74,51 +66,12 @@ class ImageLoader:
             raise ImageError(str(e)) from None
 
     # -- decoding ------------------------------------------------------------------------------
-    def load(self, ref: str | None = None, data: bytes | None = None) -> Image.Image:
-        """An RGB image, upright (EXIF orientation applied), first frame of an animation."""
+    def load(self, ref: str | None = None, data: bytes | None = None,
+             draft: tuple[str, tuple[int, int]] | None = None) -> Image.Image:
+        """An RGB image, upright (EXIF orientation applied), first frame of an animation; JPEGs
+        decoded no larger than `draft` needs (see pgsight.worker.decode)."""
         if data is None:
             if ref is None:
                 raise ImageError("no image (NULL)")
             data = self.read_bytes(ref)
-        return decode(data, self.max_pixels, ref or "bytea value")
-
-
-def decode(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
-    if not data:
-        raise ImageError(f"{what} is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL warns on odd metadata; errors below are what count
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"{what} is {w}x{h} pixels, over the limit of {max_pixels} (decompression bomb?)")
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            img.load()
-            if img.format in ("JPEG", "MPO", "TIFF", "WEBP", "HEIF") or "exif" in img.info:
-                img = ImageOps.exif_transpose(img) or img
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{what} is not an image PIL can read") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated, corrupt
-        raise ImageError(f"{what} is corrupt or truncated: {e}") from None
-    return to_rgb(img)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
-        return background
-    return img.convert("RGB")
+        return decode(data, self.max_pixels, ref or "bytea value", draft)

@@ -23,6 +23,7 @@ from pgsight.worker.images import ImageLoader
 from pgsight.worker.registry import ModelCache
 from pgsight.worker.rows import Batch, RowProcessor
 from pgsight.worker.rpc import RpcServer
+from pgsight.worker.startup import Backoff, diagnose
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -54,6 +55,7 @@ class WorkerConfig:
     poll_interval: float = 1.0
     heartbeat_interval: float = 2.0
     loader_threads: int = 2   # per feeder; image decode is mostly GIL-bound for small images
+    loader_processes: int | None = None  # decode in this many processes (None: one per core; 0: in threads)
     rpc: bool = True
     jobs: bool = True          # take training/evaluation jobs
     cache_dir: Path | None = None
@@ -68,7 +70,7 @@ class Worker:
                                   max_bytes=config.max_image_bytes)
         cache = config.cache_dir or Path(platformdirs.user_cache_dir("pgsight")) / "models"
         self.models = ModelCache(self.device, cache)
-        self.rows = RowProcessor(self.models, self.loader, config.loader_threads)
+        self.rows = RowProcessor(self.models, self.loader, config.loader_threads, config.loader_processes)
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.id = 0
@@ -85,6 +87,12 @@ class Worker:
         threads = [threading.Thread(target=self._heartbeat_loop, name="pgsight-heartbeat", daemon=True),
                    threading.Thread(target=self._listen_loop, name="pgsight-listen", daemon=True)]
         self._register()
+        if not self.id:  # stopped before it could register: nothing to announce or hand back
+            self._close_conns()
+            self._feeder.shutdown(wait=False, cancel_futures=True)
+            self._writer.shutdown(wait=False, cancel_futures=True)
+            self.rows.close()
+            return
         if self.config.rpc:
             rpc = RpcServer(self.config.dsn, self.models, self.loader, lambda: self.id, self.stop)
             threads.append(threading.Thread(target=rpc.run, name="pgsight-rpc", daemon=True))
@@ -145,6 +153,7 @@ class Worker:
         self._conns.clear()
 
     def _register(self) -> None:
+        backoff = Backoff("register the worker")
         while not self.stop.is_set():
             try:
                 with connect(self.config.dsn) as conn:
@@ -153,12 +162,14 @@ class Worker:
                         (socket.gethostname(), os.getpid(), self.device,
                          Jsonb({"batch_size": self.config.batch_size, "roots": [str(r) for r in self.loader.roots]})),
                     ).fetchone()[0]
+                backoff.succeeded()
                 return
-            except psycopg.OperationalError as e:
-                log.warning("cannot register (%s); retrying", e)
-                self.stop.wait(1.0)
+            except psycopg.Error as e:  # wrong port/role/database, no ml schema yet: say why, retry with backoff
+                self.stop.wait(backoff.failed(*diagnose(e, self.config.dsn)))
 
     def _unregister(self) -> None:
+        if not self.id:
+            return
         try:
             with connect(self.config.dsn) as conn:
                 conn.execute("SELECT ml.worker_unregister(%s)", (self.id,))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from pgsight.worker import store
+from pgsight.worker import sources, store
 from pgsight.worker.models import Adapter, adapter_class
 from psycopg.rows import dict_row
 
@@ -33,7 +33,9 @@ class ModelCache:
         with self._key_lock(key):  # a slow or failing load blocks only the callers of that model
             if key not in self._by_source:
                 try:
-                    adapter = adapter_class(kind).load(source, options, self.device)
+                    adapter = adapter_class(kind).load(sources.resolve(kind, source), options, self.device)
+                except sources.SourceError as e:  # no hub and no such directory: say so at once, with the fix
+                    raise ModelLoadError(f"cannot load {kind} model from {source!r}: {e}") from None
                 except Exception as e:
                     raise ModelLoadError(f"cannot load {kind} model from {source!r}: {e}") from e
                 with self._lock:

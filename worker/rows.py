@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgsight.worker.images import ImageError, ImageLoader
+from pgsight.worker.loaders import LoaderPool
 from pgsight.worker.models import Adapter
 from pgsight.worker.registry import ModelCache, ModelLoadError
 from psycopg.rows import dict_row
@@ -30,21 +32,25 @@ class Batch:
     adapter: Adapter | None = None
     retry_error: str | None = None                        # the whole batch failed for a passing reason
     results: list[Any] = field(default_factory=list)
+    release: Callable[[], None] | None = None             # hands the inputs' shared block back
 
     def __len__(self) -> int:
         return len(self.queue_ids)
 
 
 class RowProcessor:
-    def __init__(self, models: ModelCache, loader: ImageLoader, threads: int = 4) -> None:
+    def __init__(self, models: ModelCache, loader: ImageLoader, threads: int = 4, processes: int | None = None) -> None:
         self.models = models
         self.loader = loader
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="pgsight-load")
         self.threads = max(1, threads)
         self.seconds: Counter[str] = Counter()  # time spent per stage, for logs and benchmarks
+        self.loaders = LoaderPool(loader, processes, threads)  # for models with a Prep (pgsight.worker.loaders)
+        self.loaders.seconds = self.seconds  # read / decode / prep seconds, summed over loader processes
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.loaders.close()
 
     # -- stage 1: claim and load (feeder thread, its own connection) --------------------------
     def claim(self, conn: psycopg.Connection, worker_id: int, n: int) -> Batch | None:
@@ -76,6 +82,13 @@ class RowProcessor:
         sources = [(r[3], r[4], r[5]) for r in rows]  # present, text, bytes
         if task["modality"] == "text":
             batch.inputs = [src if present else None for present, src, _ in sources]
+        elif batch.adapter.prep is not None:
+            loaded = self.loaders.load(sources, batch.adapter.prep)
+            batch.inputs = [None] * len(rows)
+            for i in loaded.ok:
+                batch.inputs[i] = loaded.arrays[i]
+            batch.errors.update(loaded.errors)
+            batch.release = loaded.release
         else:
             batch.inputs = [None] * len(rows)
             if self.threads == 1:  # inline: a handoff per batch costs more than it saves for small images
@@ -108,6 +121,10 @@ class RowProcessor:
         try:
             self._compute(batch)
         finally:
+            if batch.release is not None:  # the inputs are spent: their block may take the next batch
+                batch.inputs = [None] * len(batch)
+                batch.release()
+                batch.release = None
             self.seconds["compute"] += time.perf_counter() - t0
 
     def _compute(self, batch: Batch) -> None:

@@ -197,6 +197,7 @@ def run_job(worker: Worker, conn: psycopg.Connection, job: dict[str, Any]) -> No
             raise RuntimeError(f"this worker cannot run {job['kind']} jobs for this model kind")
         result = fn(ctx) or {}
         result.setdefault("seconds", round(time.monotonic() - started, 2))
+        ctx.close_readers()  # before the job ends: job_finish drops the snapshot with it
         conn.execute("SELECT ml.job_finish(%s, %s, 'done', NULL, %s)", (job["id"], worker.id, Jsonb(result)))
         log.info("job %s (%s %s) done in %.1fs", job["id"], job["kind"], job["model"], time.monotonic() - started)
     except JobStopped as e:
@@ -208,12 +209,13 @@ def run_job(worker: Worker, conn: psycopg.Connection, job: dict[str, Any]) -> No
         raise  # the database went away: the job's lease brings it back to the queue
     except Exception as e:
         log.error("job %s failed: %s", job["id"], traceback.format_exc())
+        ctx.close_readers()
         conn.execute("SELECT ml.job_finish(%s, %s, 'failed', %s)", (job["id"], worker.id, f"{type(e).__name__}: {e}"))
         conn.execute("SELECT ml.blob_delete(%s)", (f"job/{job['id']}/",))
     finally:
         ctx.close_readers()
         shutil.rmtree(ctx.workdir, ignore_errors=True)
-    try:  # a job that is over needs its snapshot no more (a job handed back keeps it)
+    try:  # a cancelled job's snapshot (one that ended with job_finish went with it; a job handed back keeps it)
         conn.execute("SELECT ml._snapshot_drop(%s)", (job["id"],))
     except psycopg.OperationalError:
         raise

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgsight import sheets
 from pgsight.datasets import DIGIT_NAMES
 
 MODEL = "digits_clip"
@@ -155,6 +156,12 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
             "ORDER BY clip_emb <=> ml.embed_text('digits_clip', 'a handwritten seven') LIMIT 5;"
         )
         console.print(f"  → {search['top5']['seven']}")
+        conn.execute("SET hnsw.iterative_scan = strict_order")  # the WHERE clause must not leave fewer than 16
+        sheet = sheets.save_query_sheet(
+            conn, f"SELECT image_path, label FROM digits WHERE split = 'test' "
+                  f"ORDER BY clip_emb <=> ml.embed_text('{MODEL}', 'a handwritten seven') LIMIT 16",
+            out / "search_clip.png", [out], title=f"{MODEL}: text search 'a handwritten seven'")
+        console.print(f"contact sheet of the search: {sheet}")
         recall = evaluate(conn, "digits")
     return {
         MODEL: {

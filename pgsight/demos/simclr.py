@@ -18,7 +18,7 @@ import psycopg
 from PIL import Image
 from psycopg import sql
 
-from pgsight import datasets
+from pgsight import datasets, sheets
 
 MODEL = "digits_simclr"
 #: the schedule of the quality benchmark: about 75 s of training on 2 CPU cores (the section: ~2 min)
@@ -106,6 +106,12 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
         hits = conn.execute("SELECT id, label FROM digits_test ORDER BY convert_result <=> ml.embed_image(%s, %s) "
                             "LIMIT 5", (MODEL, moved[q["id"]])).fetchall()
         console.print(f"  → {hits}")
+        sheet = sheets.save_query_sheet(
+            conn, sql.SQL("SELECT image_path, label, round((convert_result <=> ml.embed_image({m}, {q}))::numeric, 3) "
+                          "AS distance FROM digits_test ORDER BY convert_result <=> ml.embed_image({m}, {q}) LIMIT 16")
+            .format(m=sql.Literal(MODEL), q=sql.Literal(moved[q["id"]])).as_string(conn),
+            out / "search_simclr.png", [out], title=f"{MODEL}: nearest neighbours of {moved[q['id']]} (label {q['label']}, moved)")
+        console.print(f"contact sheet of the search: {sheet}")
         as_is = [(r["id"], r["image_path"], r["label"]) for r in test]
         perturbed = [(r["id"], moved[r["id"]], r["label"]) for r in test]
         with console.status("precision@10 over the test split..."):

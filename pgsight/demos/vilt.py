@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgsight import datasets
+from pgsight import datasets, sheets
 
 QUESTIONS = {
     "what digit is this?": lambda d: str(d),
@@ -96,6 +96,11 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
         for path, question, truth in test:
             answer = conn.execute("SELECT ml.answer('digits_vilt', %s, %s)", (path, question)).fetchone()[0]
             console.print(f"SELECT ml.answer('digits_vilt', '{path}', '{question}');  → {answer!r} (truth {truth!r})")
+        sheet = sheets.save_query_sheet(
+            conn, "SELECT image_path, question, ml.answer('digits_vilt', image_path, question) AS answer, answers AS truth "
+                  "FROM digit_vqa WHERE split = 'test' ORDER BY id LIMIT 12",
+            out / "answers_vilt.png", [out], title="digits_vilt: ml.answer on test images", thumb=128)
+        console.print(f"contact sheet of the answers: {sheet}")
     numbers = {"train_s": got["train_seconds"]}
     for q, m in got["questions"].items():
         numbers[q] = m["vqa_accuracy"]

@@ -26,6 +26,9 @@ class Adapter:
     kind: ClassVar[str]
     dim: int | None = None
     batch_size: int = 64  # a good batch for this model on this device
+    #: how loader processes turn an image into this model's uint8 input (pgsight.worker.prep.Prep);
+    #: None: `preprocess` runs on the worker's loader threads instead
+    prep: Any = None
 
     @classmethod
     def load(cls, source: str, options: dict[str, Any], device: str) -> Adapter:
@@ -36,7 +39,8 @@ class Adapter:
         return {"dim": self.dim, "info": {}}
 
     def preprocess(self, image: Image.Image) -> Any:
-        """CPU work for one image, run in loader threads (decode happened already)."""
+        """CPU work for one image (decode happened already): `prep(image)` where there is a prep;
+        query-time calls and training use it."""
         return image
 
     def embed_images(self, items: list[Any]) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.models import Adapter
+from pgsight.worker.prep import RESIZE, SHORTEST_CROP, Prep
 from PIL import Image
 
 
@@ -27,6 +28,27 @@ def load_parts(source: str) -> tuple[Any, Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
     return model, tokenizer, image_processor
+
+
+def _field(size, key: str):
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def prep_of(ip) -> Prep | None:
+    """The processor's resize and crop as a Prep for loader processes (Pillow, as transformers' PIL
+    backend does them), or None for a recipe it does not cover (the processor then runs per image)."""
+    if not getattr(ip, "do_resize", False) or getattr(ip, "do_pad", False):
+        return None
+    size, crop = getattr(ip, "size", None) or {}, getattr(ip, "crop_size", None) or {}
+    resample = int(getattr(ip, "resample", None) or Image.Resampling.BICUBIC)
+    edge, longest = _field(size, "shortest_edge"), _field(size, "longest_edge")
+    crop_hw = (_field(crop, "width"), _field(crop, "height"))
+    if edge and not longest and getattr(ip, "do_center_crop", False) and all(crop_hw):
+        return Prep(SHORTEST_CROP, (int(crop_hw[0]), int(crop_hw[1])), resample, int(edge))
+    h, w = _field(size, "height"), _field(size, "width")
+    if h and w and not getattr(ip, "do_center_crop", False):
+        return Prep(RESIZE, (int(w), int(h)), resample)
+    return None
 
 
 def text_max_length(model, tokenizer) -> int:
@@ -71,6 +93,14 @@ class ClipAdapter(Adapter):
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.prep = prep_of(image_processor)
+        ip = image_processor
+        scale = float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else 1.0
+        mean = ip.image_mean if getattr(ip, "do_normalize", True) else [0.0, 0.0, 0.0]
+        std = ip.image_std if getattr(ip, "do_normalize", True) else [1.0, 1.0, 1.0]
+        self._scale = torch.tensor(scale, dtype=torch.float32, device=device)
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.dim = int(model.config.projection_dim)
         self.max_length = text_max_length(model, tokenizer)
         self.batch_size = device_batch_size(model, device)
@@ -94,10 +124,24 @@ class ClipAdapter(Adapter):
 
     # -- stages --------------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """The checkpoint's own image processing (resize, crop, normalise): a (3, H, W) float32 array."""
+        """The checkpoint's resize and crop: a (3, H, W) uint8 array (rescaled and normalised later,
+        batched, on the device); float32 from the processor itself for recipes Prep does not cover."""
         if image.mode != "RGB":
             image = image.convert("RGB")
+        if self.prep is not None:
+            return self.prep(image)
         return self.image_processor(images=image, return_tensors="np")["pixel_values"][0]
+
+    def pixels(self, items) -> Any:
+        """A batch on the device, as the model takes it: uint8 images are rescaled and normalised
+        here (the image processor's rescale and normalize, in float32), float ones used as they are."""
+        import torch
+
+        arr = items if isinstance(items, np.ndarray) else np.stack(items)
+        x = torch.from_numpy(arr).to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = (x.float() * self._scale - self._mean) / self._std
+        return x.to(self.dtype)
 
     def tokenize(self, texts: list[str]) -> dict[str, Any]:
         return self.tokenizer(
@@ -107,13 +151,12 @@ class ClipAdapter(Adapter):
     def embed_images(self, items: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        if not items:
+        if not len(items):
             return np.zeros((0, self.dim), np.float32)
         out = []
         with torch.inference_mode():
             for start in range(0, len(items), self.batch_size):
-                pixels = torch.from_numpy(np.stack(items[start : start + self.batch_size]))
-                pixels = pixels.to(self.device, self.dtype, non_blocking=True)
+                pixels = self.pixels(items[start : start + self.batch_size])
                 out.append(self._normalize(self.model.get_image_features(pixel_values=pixels).pooler_output))
         return np.concatenate(out)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.models import Adapter, l2_normalize
+from pgsight.worker.prep import GRAY, Prep
 from PIL import Image
 
 
@@ -25,16 +26,17 @@ class PixelsAdapter(Adapter):
             raise ValueError(f"pixels option size must be between 1 and 128, got {size}")
         self.size = size
         self.dim = size * size
+        self.prep = Prep(GRAY, (size, size))  # grey, size x size, bilinear: what pixel_vector computes, as uint8
 
     @classmethod
     def load(cls, source: str | None, options: dict[str, Any], device: str) -> PixelsAdapter:
         return cls(int(options.get("size", 16)))
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return pixel_vector(image, self.size)
+        return self.prep(image)
 
     def embed_images(self, items: list[np.ndarray]) -> np.ndarray:
-        return l2_normalize(np.stack(items)) if items else np.zeros((0, self.dim), np.float32)
+        return l2_normalize(np.stack(items).astype(np.float32)) if len(items) else np.zeros((0, self.dim), np.float32)
 
 
 ADAPTER = PixelsAdapter

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.models import Adapter
+from pgsight.worker.prep import SQUARE_CROP, Prep
 from PIL import Image
 
 #: ResNet layouts by name. `tiny` is for tests; the others are the classic ImageNet layouts.
@@ -132,6 +133,7 @@ class SimclrAdapter(Adapter):
         self.device = device
         self.encoder = encoder.to(device).eval()
         self.image_size = int(meta["image_size"])
+        self.prep = Prep(SQUARE_CROP, (self.image_size, self.image_size))  # what square_array does
         self.meta = meta
         self.dim = encoder_dim(encoder)
         self._mean = torch.tensor(meta.get("mean", [0.5] * 3), dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -160,7 +162,7 @@ class SimclrAdapter(Adapter):
     def embed_images(self, items: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        if not items:
+        if not len(items):
             return np.zeros((0, self.dim), np.float32)
         out = []
         with torch.inference_mode():

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from pgsight.worker.models import Adapter
+from pgsight.worker.prep import RESIZE, Prep
 from PIL import Image
 
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
@@ -116,6 +117,7 @@ class ViltAdapter(Adapter):
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self.side = fixed_size(image_processor, image_size)
+        self.prep = Prep(RESIZE, (self.side, self.side), int(image_processor.resample))
         self.max_tokens = text_length(tokenizer, model.config)
         self.labels = labels_of(model.config)
         self._tok_lock = threading.Lock()  # fast tokenizers are not safe to call from two threads at once
@@ -149,14 +151,13 @@ class ViltAdapter(Adapter):
     # -- stages -------------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The image as a uint8 (3, S, S) tensor (rescaling and normalising happen on the device)."""
-        image = image.convert("RGB")
-        if image.size != (self.side, self.side):
-            image = image.resize((self.side, self.side), Image.Resampling(int(self.image_processor.resample)))
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return torch.from_numpy(self.prep(image))
 
-    def pixels(self, items: list[torch.Tensor]) -> torch.Tensor:
-        """A batch of preprocessed images, rescaled and normalised as the image processor does."""
-        x = torch.stack(items).to(self.device, non_blocking=True).float()
+    def pixels(self, items: list[torch.Tensor] | list[np.ndarray]) -> torch.Tensor:
+        """A batch of preprocessed images (uint8 tensors, or arrays from loader processes), rescaled
+        and normalised as the image processor does."""
+        x = torch.from_numpy(np.stack(items)) if isinstance(items[0], np.ndarray) else torch.stack(items)
+        x = x.to(self.device, non_blocking=True).float()
         return ((x * self._scale - self._mean) / self._std).to(self.dtype)
 
     def encode(self, questions: list[str]) -> dict[str, torch.Tensor]:
