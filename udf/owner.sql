@@ -136,6 +136,12 @@ BEGIN
        OR NOT EXISTS (SELECT 1 FROM ml.tasks t JOIN pg_class c ON c.oid = t.table_name WHERE c.relowner = role_oid) THEN
         RETURN false;
     END IF;
+    -- one at a time per owner (two workers serving the same new owner): the second finds it made
+    PERFORM pg_advisory_xact_lock(hashtextextended('pgsight ml_owner ' || role_oid, 0));
+    IF EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'ml_owner'::regnamespace AND p.proname = fn
+               AND p.prosecdef AND p.proowner = role_oid) THEN
+        RETURN true;
+    END IF;
     sig := format('ml_owner.%I(int, text, text[], text[], %s[], text[], real[], int[])', fn, vec);
     EXECUTE format('DROP FUNCTION IF EXISTS %s', sig);
     EXECUTE format(
@@ -151,7 +157,7 @@ BEGIN
     END IF;
     EXECUTE format('ALTER FUNCTION %s OWNER TO %I', sig, role_oid::regrole::text);
     RETURN true;
-EXCEPTION WHEN insufficient_privilege OR duplicate_function OR unique_violation THEN
+EXCEPTION WHEN insufficient_privilege THEN  -- the ml owner is not a superuser: the documented fallback
     RETURN false;
 END $$;
 
