@@ -49,6 +49,10 @@ BEGIN
     -- workers: the whole queue side of ml (not ml.loopback)
     GRANT SELECT, INSERT, UPDATE, DELETE ON ml.settings, ml.model_kinds, ml.models, ml.blobs, ml.tasks, ml.workers,
         ml.jobs, ml.queue, ml.errors, ml.rpc TO pgsight_worker;
+    -- workers reach user tables through the table owners' functions (udf/owner.sql)
+    IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'ml_owner') THEN
+        GRANT USAGE ON SCHEMA ml_owner TO pgsight_worker;
+    END IF;
     -- the dedicated loopback role is shared by every user's loopback session: its statements (request
     -- payloads, tokens) must not show in pg_stat_activity to another session of the same role
     BEGIN

@@ -89,8 +89,8 @@ DECLARE
     tx text[];
     b bytea[];
     h text[];
-    is_bytea boolean;
-    lookup text;
+    rls boolean := false;
+    reader name;
     lease_end timestamptz := now() + ml.setting('lease')::interval;
     bad int[];
     errs text[];
@@ -113,7 +113,7 @@ BEGIN
         t := ml._task(cand);
         CONTINUE WHEN t.id IS NULL;  -- its table is being dropped: the drop event removes it
         BEGIN  -- the table's lock first: a DROP/ALTER holding or awaiting it is skipped, not deadlocked
-            EXECUTE format('SELECT FROM %s LIMIT 0', t.table_name);
+            PERFORM ml._as_owner(t, 'probe');
         EXCEPTION WHEN lock_not_available THEN
             CONTINUE;
         WHEN OTHERS THEN
@@ -137,23 +137,12 @@ BEGIN
         SELECT array_agg(u.id ORDER BY u.id), array_agg(u.key ORDER BY u.id) INTO ids, keys FROM u;
         CONTINUE WHEN ids IS NULL;
 
-        is_bytea := (SELECT atttypid = 'bytea'::regtype FROM pg_attribute
-                     WHERE attrelid = t.table_name AND attnum = t.source_attnum);
-        -- LATERAL: one primary-key lookup per row, whatever the table's size (a hash join would scan it)
-        lookup := format(
-            'SELECT array_agg(x.found IS NOT NULL ORDER BY q.ord), array_agg(x.src_text ORDER BY q.ord),
-                    array_agg(x.src_bytes ORDER BY q.ord), array_agg(x.src_hash ORDER BY q.ord)
-             FROM unnest($1::text[]) WITH ORDINALITY AS q(key, ord)
-             LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, md5(y.%I) AS src_hash
-                                FROM %s y WHERE y.%I = q.key::%s LIMIT 1) x ON true',
-            CASE WHEN is_bytea THEN 'NULL::text' ELSE format('y.%I::text', t.source_col) END,
-            CASE WHEN is_bytea THEN format('y.%I', t.source_col) ELSE 'NULL::bytea' END,
-            t.source_col, t.table_name, t.key_col, t.key_type);
         bad := '{}';
         errs := '{}';
         states := '{}';
         BEGIN
-            EXECUTE lookup INTO got, texts, bytes, hashes USING keys;
+            SELECT o.got, o.texts, o.bytes, o.src_hashes, o.rls, o.reader INTO got, texts, bytes, hashes, rls, reader
+            FROM ml._as_owner(t, 'read', keys) o;
         EXCEPTION WHEN OTHERS THEN
             -- which rows? one by one (each in its own subtransaction)
             got := array_fill(false, ARRAY[cardinality(ids)]);
@@ -162,7 +151,8 @@ BEGIN
             hashes := array_fill(NULL::text, ARRAY[cardinality(ids)]);
             FOR ix IN 1 .. cardinality(ids) LOOP
                 BEGIN
-                    EXECUTE lookup INTO g, tx, b, h USING ARRAY[keys[ix]];
+                    SELECT o.got, o.texts, o.bytes, o.src_hashes, o.rls, o.reader INTO g, tx, b, h, rls, reader
+                    FROM ml._as_owner(t, 'read', ARRAY[keys[ix]]) o;
                     got[ix] := g[1]; texts[ix] := tx[1]; bytes[ix] := b[1]; hashes[ix] := h[1];
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
@@ -180,17 +170,18 @@ BEGIN
         FOR ix IN 1 .. cardinality(bad) LOOP
             PERFORM ml.retry_rows(worker, cand, ARRAY[ids[bad[ix]]], errs[ix]);
         END LOOP;
-        -- rows the worker cannot see although they were queued: row-level security hides them
-        IF row_security_active(t.table_name) THEN
+        -- rows not seen although they were queued: row-level security hides them from the reader (the
+        -- table's owner, which bypasses it unless the table has FORCE ROW LEVEL SECURITY)
+        IF rls THEN
             SELECT array_agg(i) INTO hidden FROM generate_subscripts(ids, 1) i WHERE NOT got[i] AND NOT i = ANY (bad);
             IF hidden IS NOT NULL THEN
                 PERFORM ml.fail_rows(worker, cand, ARRAY(SELECT ids[i] FROM unnest(hidden) i),
                     ARRAY(SELECT keys[i] FROM unnest(hidden) i),
-                    array_fill(format('row not visible to the worker (role %s): %s has row-level security',
-                                      current_user, t.table_name)
-                               || ' (or the row was deleted); grant the worker BYPASSRLS or a policy: '
-                               || format('CREATE POLICY pgsight_worker ON %s FOR ALL TO pgsight_worker USING (true)',
-                                         t.table_name), ARRAY[cardinality(hidden)]));
+                    array_fill(format('row not visible to role %s, which reads it for the worker: %s has row-level security',
+                                      reader, t.table_name)
+                               || ' (or the row was deleted); give that role a policy: '
+                               || format('CREATE POLICY pgsight_worker ON %s FOR ALL TO %I USING (true)',
+                                         t.table_name, reader), ARRAY[cardinality(hidden)]));
                 PERFORM ml.finish_jobs();
                 bad := bad || hidden;
             END IF;
@@ -240,7 +231,6 @@ SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' S
 SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
     t ml.tasks := ml._task(tid);
-    upd text;
     wrote text[] := '{}';
     w text[];
     rest_ix int[];
@@ -259,21 +249,10 @@ BEGIN
         PERFORM ml._complete(worker, queue_ids, false);
         RETURN 0;
     END IF;
-    -- one statement: lock the rows no one else holds (SKIP LOCKED), write those whose source is unchanged
-    upd := format(
-        'WITH l AS (SELECT y.%I AS k FROM %s y WHERE y.%I = ANY ($1::%s[]) FOR UPDATE SKIP LOCKED),
-              v AS MATERIALIZED (SELECT v.* FROM unnest($1::text[], $2::text[], $3::vector[], $4::text[], $5::real[])
-                                 AS v(key, h, vec, answer, score) WHERE v.key::%s IN (SELECT l.k FROM l)),
-              w AS (UPDATE %s x SET %s FROM v
-                    WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h
-                    RETURNING v.key)
-         SELECT coalesce(array_agg(w.key), ''{}'') FROM w',
-        t.key_col, t.table_name, t.key_col, t.key_type, t.key_type, t.table_name,
-        CASE WHEN t.kind = 'embedding' THEN format('%I = v.vec', t.result_col)
-             ELSE format('%I = v.answer, %I = v.score', t.result_col, t.result_col || '_score') END,
-        t.key_col, t.key_type, t.key_col, t.key_type, t.source_col);
+    -- one statement, as the table's owner: lock the rows no one else holds (SKIP LOCKED), write those
+    -- whose source is unchanged (ml._user_table_op)
     BEGIN
-        EXECUTE upd INTO wrote USING keys, hashes, vecs, answers, scores;
+        SELECT o.wrote INTO wrote FROM ml._as_owner(t, 'write', keys, hashes, vecs, answers, scores) o;
     EXCEPTION WHEN lock_not_available THEN  -- the table itself is held (a user's DDL): all of them later
         UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
             not_before = now() + interval '1 second'
@@ -282,8 +261,8 @@ BEGIN
     WHEN OTHERS THEN
         FOR ix IN 1 .. cardinality(keys) LOOP  -- which rows? one by one
             BEGIN
-                EXECUTE upd INTO w USING ARRAY[keys[ix]], ARRAY[hashes[ix]], ARRAY[vecs[ix]], ARRAY[answers[ix]],
-                                         ARRAY[scores[ix]];
+                SELECT o.wrote INTO w FROM ml._as_owner(t, 'write', ARRAY[keys[ix]], ARRAY[hashes[ix]], ARRAY[vecs[ix]],
+                                                        ARRAY[answers[ix]], ARRAY[scores[ix]]) o;
                 wrote := wrote || w;
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
@@ -303,10 +282,9 @@ BEGIN
     SELECT array_agg(i) INTO rest_ix FROM generate_subscripts(keys, 1) i
     WHERE NOT keys[i] = ANY (wrote) AND NOT i = ANY (bad);
     IF rest_ix IS NOT NULL THEN
-        EXECUTE format('SELECT array_agg(q.i) FROM unnest($1::int[], $2::text[], $3::text[]) AS q(i, key, h) '
-                       'WHERE EXISTS (SELECT FROM %s y WHERE y.%I = q.key::%s AND md5(y.%I) IS NOT DISTINCT FROM q.h)',
-                       t.table_name, t.key_col, t.key_type, t.source_col)
-        INTO later_ix USING rest_ix, ARRAY(SELECT keys[i] FROM unnest(rest_ix) i), ARRAY(SELECT hashes[i] FROM unnest(rest_ix) i);
+        SELECT o.out_ints INTO later_ix
+        FROM ml._as_owner(t, 'unchanged', ARRAY(SELECT keys[i] FROM unnest(rest_ix) i),
+                          ARRAY(SELECT hashes[i] FROM unnest(rest_ix) i), ints => rest_ix) o;
         later := ARRAY(SELECT queue_ids[i] FROM unnest(coalesce(later_ix, '{}')) i);
         IF cardinality(later) > 0 THEN
             UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
@@ -365,11 +343,7 @@ BEGIN
         -- a stale result must not stay; row by row, and whatever refuses (a user trigger, a lock) is let be
         FOREACH k IN ARRAY keys LOOP
             BEGIN
-                EXECUTE format('UPDATE %s x SET %I = NULL%s WHERE x.%I = $1::%s AND x.%I IS NOT NULL', t.table_name,
-                               t.result_col, CASE WHEN t.kind = 'prediction'
-                                                  THEN format(', %I = NULL', t.result_col || '_score') ELSE '' END,
-                               t.key_col, t.key_type, t.result_col)
-                USING k;
+                PERFORM ml._as_owner(t, 'clear', ARRAY[k]);
             EXCEPTION WHEN OTHERS THEN
                 NULL;
             END;

@@ -143,22 +143,30 @@ def worker_role(conn, dsn):
 
 
 def test_row_level_security_fails_loudly_then_works_with_a_policy(conn, dsn, images, worker_role):
+    """The worker reads a user table as its owner (docs/security.md), which row-level security
+    binds only with FORCE ROW LEVEL SECURITY: rows the owner's policies hide fail loudly."""
     wdsn, _ = worker_role
     e = Env(conn, wdsn, images)  # the least-privilege worker
+    owner = f"own_{uuid.uuid4().hex[:6]}"
     try:
         make(conn, "secret", 10)
-        conn.execute("ALTER TABLE secret ENABLE ROW LEVEL SECURITY")
+        conn.execute(f"CREATE ROLE {owner} IN ROLE pgsight_user")
+        conn.execute(f"ALTER TABLE secret OWNER TO {owner}")
+        conn.execute("ALTER TABLE secret ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
         conn.execute("CREATE POLICY own ON secret USING (current_user = 'nobody')")
         job = conn.execute("SELECT ml.create_embedding('secret', 'px', 'path')").fetchone()[0]
         assert conn.execute("SELECT ml.wait(%s, '60 seconds')", (job,)).fetchone()[0] == "failed"
-        error = conn.execute("SELECT error FROM ml.jobs WHERE id = %s", (job,)).fetchone()[0]
-        assert "row-level security" in error and "CREATE POLICY" in error
+        error = conn.execute("SELECT error FROM ml.errors WHERE job_id = %s LIMIT 1", (job,)).fetchone()[0]
+        assert "row-level security" in error and f"CREATE POLICY pgsight_worker ON public.secret FOR ALL TO {owner}" in error
         assert conn.execute("SELECT count(*) FROM ml.errors WHERE job_id = %s", (job,)).fetchone()[0] == 10
         e.assert_serving()
-        # the documented grant: a policy for the worker role
-        conn.execute("CREATE POLICY pgsight_worker ON secret FOR ALL TO pgsight_worker USING (true)")
+        # the documented grant: a policy for the owner
+        conn.execute(f"CREATE POLICY pgsight_worker ON secret FOR ALL TO {owner} USING (true)")
         conn.execute("INSERT INTO secret (id, path) VALUES (11, '11.png')")
         e.settle("secret")
         assert wrong_rows(conn, "secret", images, where="t.id = 11") == 0
     finally:
         e.close()
+        conn.execute("DROP TABLE IF EXISTS secret")
+        conn.execute(f"DROP OWNED BY {owner} CASCADE")
+        conn.execute(f"DROP ROLE IF EXISTS {owner}")

@@ -26,6 +26,7 @@ REVIEWED_DEFINERS = {
     "_task_add", "_task_index_state", "_backfill_job", "_tasks_forget",  # derived columns
     "_model_put", "_model_drop",                # models
     "_rpc_ticket", "_rpc_submit", "_rpc_state", "_rpc_forget",  # query-time requests (docs/query-time.md)
+    "_owner_fn", "_owner_task",                # the worker acts on user tables as their owners (udf/owner.sql)
 }
 
 
