@@ -54,8 +54,10 @@ def run_demo(out: Path, data_dir: Path | None = None) -> int:
     with console.status("starting the embedded PostgreSQL server..."):
         admin = server.start()
     with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'pgsight_demo'").fetchone():
-            conn.execute("CREATE DATABASE pgsight_demo")
+        # a fresh database each run: an earlier demo stopped half-way (Ctrl-C, kill) leaves jobs and a
+        # model still 'training' that would refuse this run's BUILD MODEL
+        conn.execute("DROP DATABASE IF EXISTS pgsight_demo WITH (FORCE)")
+        conn.execute("CREATE DATABASE pgsight_demo")
     dsn = server.dsn("pgsight_demo")
     migrate.upgrade(dsn)
     console.print(f"database: [bold]{dsn}[/bold]  (pgsight psql --dsn '{dsn}')", highlight=False)
