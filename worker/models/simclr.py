@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.models import Adapter
-from pgsight.worker.prep import SQUARE_CROP, Prep
+from pgsight.worker.prep import SQUARE_CROP, Prep, square_crop
 from PIL import Image
 
 #: ResNet layouts by name. `tiny` is for tests; the others are the classic ImageNet layouts.
@@ -36,15 +36,7 @@ FORMAT = 1
 def square_array(image: Image.Image, size: int) -> np.ndarray:
     """The image as uint8 (3, size, size): shorter side resized to `size`, centre crop. Training
     caches exactly this, so the model sees the same pixels at training and at query time."""
-    image = image.convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        image = image.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    if (nw, nh) != (size, size):
-        image = image.crop((left, top, left + size, top + size))
+    image = square_crop(image.convert("RGB"), size)
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
 
