@@ -9,6 +9,6 @@ from pgsight.worker.models.vilt.adapter import one_thread_if_small
 
 
 def evaluate(ctx) -> dict[str, Any]:
-    adapter = ctx.model(ctx.job["model"])
+    adapter = ctx.model(ctx.model_name)
     with one_thread_if_small(adapter.model, adapter.device):
         return evaluate_vqa(ctx, adapter)
