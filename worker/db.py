@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 T = TypeVar("T")
 
 #: The schema of the worker's plumbing (claim, write-back, blobs ...): users have no rights on it.
-INTERNAL = "ml"
+INTERNAL = "ml_internal"
 
 
 # -- rows ------------------------------------------------------------------------------------------
