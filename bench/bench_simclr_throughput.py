@@ -28,7 +28,7 @@ from pgsight.worker.models import (  # noqa: E402
     simclr_train,
 )
 
-from pgsight import datasets  # noqa: E402
+from pgsight.demos import datasets  # noqa: E402
 from pgsight.testing import running_worker  # noqa: E402
 
 

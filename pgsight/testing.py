@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +31,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgsight import udf
 from pgsight.db import migrate, search
+from pgsight.worker.inprocess import running_worker
+
+__all__ = ["TestServer", "docker_available", "running_worker"]
 
 PGVECTOR_IMAGE = os.environ.get("PGSIGHT_TEST_IMAGE", "pgvector/pgvector:pg17")
 
@@ -146,26 +148,6 @@ class TestServer:
             if not keep:
                 with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def running_worker(dsn: str, image_roots: list[Path] | None = None, **config) -> Iterator:
-    """A worker on a background thread of this process, stopped (gracefully) on exit."""
-    from pgsight.worker.loop import Worker, WorkerConfig
-
-    config.setdefault("poll_interval", 0.2)
-    config.setdefault("heartbeat_interval", 0.5)
-    worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_roots or []), **config))
-    thread = threading.Thread(target=worker.run, name="pgsight-test-worker", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30  # registered (in ml.workers): query-time calls fail at once without one
-    while not worker.id and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield worker
-    finally:
-        worker.stop.set()
-        thread.join(timeout=30)
 
 
 def dbname(dsn: str) -> str:

@@ -4,7 +4,7 @@ A statement is tokenized with sqlglot's PostgreSQL tokenizer; its head (`BUILD M
 OPTIONS (...) AS`) is read by the small recursive-descent parser below, and the query after AS is
 handed to sqlglot's parser, which checks it and says which table it reads. Anything that is not a
 ThanoSQL statement passes through as plain SQL. The result is a `Translation`: steps that
-`pgsight.runner` executes (with progress), and `script()`, the same as SQL to paste into psql.
+`pgsight.thanosql.runner` executes (with progress), and `script()`, the same as SQL to paste into psql.
 
     GET THANOSQL MODEL vilt AS tutorial_vilt          -> ml.load_model
     BUILD MODEL m USING SimCLR OPTIONS (...) AS SELECT  -> ml.build_model + ml.wait (psql script: CALL ml.build_model_and_wait)
@@ -24,7 +24,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 from sqlglot.tokens import Token, TokenType
 
-from pgsight.sqltext import (
+from pgsight.thanosql.sqltext import (
     ThanoSQLError,
     add_columns,
     from_clause,

@@ -13,11 +13,15 @@ import functools
 import inspect
 import json
 import sys
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from pgsight.db.embedded import EmbeddedServer
 
 
 class State:
@@ -132,3 +136,26 @@ def connect(dsn: str | None, data_dir=None):
         return psycopg.connect(t.dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
         fail(connect_message(t.dsn, e))
+
+
+def embedded_server(data_dir: Path | None) -> EmbeddedServer:
+    from pgsight.db.embedded import EmbeddedServer
+
+    return EmbeddedServer(data_dir) if data_dir else EmbeddedServer()
+
+
+def start_server(server: EmbeddedServer) -> str:
+    """Start the embedded server (a clean line when it cannot) and remember it for `pgsight server list`."""
+    from pgsight.db.embedded import remember
+
+    try:
+        if not state.quiet and not state.json and sys.stderr.isatty():
+            with err_console().status("starting PostgreSQL..."):
+                dsn = server.start()
+        else:
+            dsn = server.start()
+    except (RuntimeError, OSError) as e:
+        fail(f"the embedded server in {server.data_dir} did not start: {str(e).strip().splitlines()[0]}; "
+             f"its log: {server.log_file}")
+    remember(server)
+    return dsn

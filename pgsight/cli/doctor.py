@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 from rich.text import Text
 
-from pgsight.clikit import err_console, out_console
+from pgsight.cli.common import err_console, out_console
 
 ROLES = ("pgsight_user", "pgsight_worker", "pgsight_loopback")
 
