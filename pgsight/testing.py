@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -32,6 +33,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgsight import udf
 from pgsight.db import migrate, search
 from pgsight.worker.inprocess import running_worker
+
+if TYPE_CHECKING:
+    from testcontainers.postgres import PostgresContainer
+
+    from pgsight.db.embedded import EmbeddedServer
 
 __all__ = ["TestServer", "docker_available", "running_worker"]
 
@@ -64,8 +70,8 @@ class TestServer:
         self.prefer = prefer or os.environ.get("PGSIGHT_TEST_SERVER")
         self.kind = ""
         self.admin_dsn = ""
-        self._container = None
-        self._embedded = None
+        self._container: PostgresContainer | None = None
+        self._embedded: EmbeddedServer | None = None
         self._tmp: str | None = None
         self._template: str | None = None
         self._lock = threading.Lock()
@@ -151,7 +157,7 @@ class TestServer:
 
 
 def dbname(dsn: str) -> str:
-    return conninfo_to_dict(dsn).get("dbname", "")
+    return str(conninfo_to_dict(dsn).get("dbname", ""))
 
 
 try:  # pytest fixtures, for `pytest_plugins = ["pgsight.testing"]`

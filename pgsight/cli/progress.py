@@ -10,6 +10,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -27,15 +28,16 @@ class CliReporter(Reporter):
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress: Progress | None = None
-        self.task = None
+        self.task = TaskID(0)
 
-    def _bar(self, label: str, unit: str) -> None:
+    def _bar(self, label: str, unit: str) -> Progress:
         self.close()
         self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn(unit), TextColumn("{task.fields[rate]}"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
         self.progress.start()
         self.task = self.progress.add_task(label, total=None, rate="")
+        return self.progress
 
     def close(self) -> None:
         if self.progress is not None:
@@ -60,9 +62,10 @@ class CliReporter(Reporter):
         self.close()
 
     def load_progress(self, phase: str, done: int, total: int | None) -> None:
-        if self.progress is None or self.progress.tasks[0].description != phase:
-            self._bar(phase, "files" if phase != "copy" else "")
-        self.progress.update(self.task, completed=done, total=total)
+        progress = self.progress
+        if progress is None or progress.tasks[0].description != phase:
+            progress = self._bar(phase, "files" if phase != "copy" else "")
+        progress.update(self.task, completed=done, total=total)
         if phase == "insert":
             self.close()
 

@@ -189,7 +189,7 @@ def sql(text: str = typer.Argument(..., help="SQL and/or ThanoSQL statements ('-
             for r in results:
                 if r.kind == "rows":
                     tables.print_rows(r.columns, r.rows, max_rows, fmt, vectors)
-                elif r.kind == "sheet":
+                elif r.kind == "sheet" and r.image is not None:
                     sheets_written += 1
                     path = output if sheets_written == 1 else output.with_stem(f"{output.stem}-{sheets_written}")
                     r.image.save(path)

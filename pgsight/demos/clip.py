@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgsight.db.query import one
 from pgsight.demos.datasets import DIGIT_NAMES
 from pgsight.tools import sheets
 from pgsight.tools.jobs import run_job
@@ -121,9 +122,9 @@ def zero_shot(conn: psycopg.Connection, table: str, model: str = MODEL, n: int =
     options = json.dumps({"template": "a handwritten {}"})
     right = 0
     for path, label in rows:
-        top = conn.execute(
+        top = one(conn.execute(
             "SELECT label FROM ml.classify(%s, %s, %s, %s) LIMIT 1", (model, path, DIGIT_NAMES, options)
-        ).fetchone()[0]
+        ))[0]
         right += top == DIGIT_NAMES[label]
     return {"images": len(rows), "accuracy": round(right / max(1, len(rows)), 3)}
 

@@ -18,6 +18,7 @@ import psycopg
 from PIL import Image
 from psycopg import sql
 
+from pgsight.db.query import one
 from pgsight.demos import datasets
 from pgsight.tools import sheets
 from pgsight.tools.jobs import run_job
@@ -86,7 +87,7 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         datasets.load_table(conn, "digits_train", [r for r in rows if r["split"] == "train"])
         datasets.load_table(conn, "digits_test", test)
-        if not conn.execute("SELECT count(*) FROM ml.models WHERE name = 'pixels'").fetchone()[0]:
+        if not one(conn.execute("SELECT count(*) FROM ml.models WHERE name = 'pixels'"))[0]:
             conn.execute("SELECT ml.load_model('pixels', 'pixels', NULL, '{\"size\": 16}')")
         console.print(f"SELECT ml.build_model('{MODEL}', 'simclr', 'SELECT * FROM digits_train', "
                       f"'{json.dumps(OPTIONS)}');")

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgsight.db.query import one
 from pgsight.demos import datasets
 from pgsight.tools import sheets
 from pgsight.tools.jobs import run_job
@@ -93,7 +94,7 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
         test = conn.execute("SELECT image_path, question, answers FROM digit_vqa WHERE split = 'test' "
                             "ORDER BY id LIMIT 3").fetchall()
         for path, question, truth in test:
-            answer = conn.execute("SELECT ml.answer('digits_vilt', %s, %s)", (path, question)).fetchone()[0]
+            answer = one(conn.execute("SELECT ml.answer('digits_vilt', %s, %s)", (path, question)))[0]
             console.print(f"SELECT ml.answer('digits_vilt', '{path}', '{question}');  → {answer!r} (truth {truth!r})")
         sheet = sheets.save_query_sheet(
             conn, "SELECT image_path, question, ml.answer('digits_vilt', image_path, question) AS answer, answers AS truth "

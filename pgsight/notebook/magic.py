@@ -191,6 +191,7 @@ class PgsightMagics(Magics):
             from pgsight.worker.inprocess import running_worker
 
             self._connection()
+            assert self.dsn is not None  # _connection() found it
             self.workers.enter_context(running_worker(self.dsn, self.image_roots or [Path.cwd()]))
             print(f"pgsight: worker started in this kernel (image roots: "
                   f"{', '.join(map(str, self.image_roots or [Path.cwd()]))})")

@@ -109,7 +109,7 @@ def contact_sheet(rows: Sequence[tuple], columns: Sequence[str], image_col: str,
     ncols = ncols or min(8, math.ceil(math.sqrt(len(rows))))
     nrows = math.ceil(len(rows) / ncols)
     font = _font(max(10, thumb // 11))
-    line_h = font.getbbox("Hg")[3] + 3
+    line_h = int(font.getbbox("Hg")[3]) + 3
     pad = 6
     cell_w, cell_h = thumb + 2 * pad, thumb + 2 * pad + line_h * len(others)
     top = line_h + pad if title else 0
