@@ -3,6 +3,10 @@
 NOTIFY is a wake-up hint; polling (every `poll_interval`) is the truth. Claimed rows carry a lease;
 a worker that dies stops heartbeating and its rows go to another worker (ml.reap). First stop
 request: finish the batch in flight and hand back the rest; second: exit at once (the CLI's job).
+
+Three lanes share one worker: rows (this loop), query-time calls (rpc.py's thread) and jobs (lanes.py:
+training, evaluation and deferred index builds on threads of their own, with their own connection, CPU
+threads and CUDA stream), so a long training job never holds back an INSERT's embedding.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +25,7 @@ import platformdirs
 import psycopg
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageLoader
+from pgsight.worker.lanes import JobLane, start_lanes, use_threads
 from pgsight.worker.registry import ModelCache
 from pgsight.worker.rows import Batch, RowProcessor
 from pgsight.worker.rpc import RpcServer
@@ -58,6 +64,9 @@ class WorkerConfig:
     loader_processes: int | None = None  # decode in this many processes (None: one per core; 0: in threads)
     rpc: bool = True
     jobs: bool = True          # take training/evaluation jobs
+    max_jobs: int = 1          # jobs run at once, each on a job lane of its own (lanes.py)
+    job_threads: int | None = None  # torch CPU threads of a job lane (None: half the cores, at least 1)
+    job_nice: int = 10         # a job lane's niceness on a CPU-only machine (0: same priority as rows)
     cache_dir: Path | None = None
 
 
@@ -80,6 +89,7 @@ class Worker:
         self.rows_done = 0
         self.batches_done = 0
         self.errors = 0  # unexpected errors survived (see run)
+        self.lanes: list[JobLane] = []
 
     # -- lifecycle --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -95,9 +105,11 @@ class Worker:
             return
         if self.config.rpc:
             rpc = RpcServer(self.config.dsn, self.models, self.loader, lambda: self.id, self.stop)
-            threads.append(threading.Thread(target=rpc.run, name="pgsight-rpc", daemon=True))
+            threads.append(threading.Thread(target=self._default_threads(rpc.run), name="pgsight-rpc", daemon=True))
+        use_threads()  # the row lane (this thread) keeps torch's default, whatever a job lane sets
         for t in threads:
             t.start()
+        self.lanes = start_lanes(self)
         log.info("worker %s on %s: device %s, roots %s", self.id, socket.gethostname(), self.device,
                  [str(r) for r in self.loader.roots])
         backoff = 0.5
@@ -133,6 +145,8 @@ class Worker:
                     backoff = min(backoff * 2, 10)
         finally:
             self.stop.set()
+            for lane in self.lanes:  # a job stops at its next progress report; then unregistering hands it back
+                lane.join()
             self._unregister()
             self._close_conns()
             self._feeder.shutdown(wait=False, cancel_futures=True)
@@ -140,6 +154,18 @@ class Worker:
             self.rows.close()
             for t in threads:
                 t.join(timeout=5)
+
+    @staticmethod
+    def _default_threads(target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            use_threads()
+            target()
+        return run
+
+    def _wake(self) -> None:
+        self.wake.set()
+        for lane in self.lanes:
+            lane.wake.set()
 
     def _conn(self, role: str) -> psycopg.Connection:
         conn = self._conns.get(role)
@@ -187,7 +213,7 @@ class Worker:
                             self._register()
                         if time.monotonic() - last_reap > self.config.heartbeat_interval * 2:
                             if conn.execute("SELECT ml.reap()").fetchone()[0]:
-                                self.wake.set()
+                                self._wake()
                             last_reap = time.monotonic()
                         self.stop.wait(self.config.heartbeat_interval)
             except psycopg.OperationalError:
@@ -198,22 +224,17 @@ class Worker:
             try:
                 with connect(self.config.dsn, "pgsight_worker_listen") as conn:
                     conn.execute("LISTEN ml_work")
-                    self.wake.set()  # anything queued while we were away
+                    self._wake()  # anything queued while we were away
                     while not self.stop.is_set():
                         for _ in conn.notifies(timeout=1.0):
-                            self.wake.set()
+                            self._wake()
             except psycopg.OperationalError:
                 self.stop.wait(1.0)
 
     # -- work -------------------------------------------------------------------------------------
     def _work_once(self) -> bool:
-        if self._drain_rows():
-            return True
-        if self._build_indexes():
-            return True
-        if self.config.jobs:
-            return self._run_one_job()
-        return False
+        """The row lane: jobs and index builds are the job lanes' (lanes.py)."""
+        return self._drain_rows()
 
     def _claim(self, n: int) -> Batch | None:
         """Feeder threads: claim a batch and load its images (each feeder has its own connection)."""
@@ -249,9 +270,8 @@ class Worker:
                 self.rows_done += pending_write.result()
         return any_work
 
-    def _build_indexes(self) -> bool:
-        """HNSW indexes deferred until a large backfill's last row (see ml._install_task)."""
-        conn = self._conn("job")
+    def _build_indexes(self, conn: psycopg.Connection) -> bool:
+        """HNSW indexes deferred until a large backfill's last row (see ml._install_task); a job lane's."""
         built = False
         while not self.stop.is_set():
             task = conn.execute("SELECT ml.build_pending_index(%s)", (self.id,)).fetchone()[0]
@@ -263,10 +283,10 @@ class Worker:
             conn.execute("SELECT ml.finish_jobs()")
         return built
 
-    def _run_one_job(self) -> bool:
+    def _run_one_job(self, conn: psycopg.Connection) -> bool:
+        """Claim a training/evaluation job and run it to its end, on a job lane's thread and connection."""
         from pgsight.worker.training import run_job
 
-        conn = self._conn("job")
         with conn.cursor(row_factory=dict_row) as cur:
             job = cur.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
         if job is None:
