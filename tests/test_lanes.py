@@ -108,23 +108,42 @@ def test_a_stopping_worker_hands_its_job_back(dsn, setup, tmp_path):
         assert conn.execute("SELECT to_regclass(%s)", (f"ml.snapshot_{job}",)).fetchone()[0] is not None  # kept to resume
 
 
-def test_a_lane_thread_count_is_its_own():
+def test_a_job_lane_thread_count_is_its_own():
+    """A job lane's torch thread count changes neither a running lane's nor a later thread's."""
     torch = pytest.importorskip("torch")
-    from pgsight.worker.lanes import default_threads, use_threads
+    from pgsight.worker.lanes import default_threads, use_own_threads
 
+    n = default_threads() + 1  # distinguishable from the default on any machine
     seen: dict[str, int] = {}
+    job_set, rows_read = threading.Event(), threading.Event()
 
-    def lane(name: str, n: int, ready: threading.Barrier) -> None:
-        use_threads(n)
-        ready.wait()  # both lanes have set theirs before either reads
+    def matmul() -> None:
         torch.ones(64, 64) @ torch.ones(64, 64)
-        seen[name] = torch.get_num_threads()
 
-    ready = threading.Barrier(2)
-    threads = [threading.Thread(target=lane, args=("rows", 0, ready)),
-               threading.Thread(target=lane, args=("jobs", default_threads() + 1, ready))]
+    def job() -> None:
+        use_own_threads(n)
+        job_set.set()
+        rows_read.wait(10)
+        matmul()
+        seen["job"] = torch.get_num_threads()
+
+    def rows() -> None:  # running before the job lane set its count
+        matmul()
+        job_set.wait(10)
+        matmul()
+        seen["rows"] = torch.get_num_threads()
+        rows_read.set()
+
+    def later() -> None:  # started after it
+        matmul()
+        seen["later"] = torch.get_num_threads()
+
+    threads = [threading.Thread(target=rows), threading.Thread(target=job)]
     for t in threads:
         t.start()
+    job_set.wait(10)
+    threads.append(threading.Thread(target=later))
+    threads[-1].start()
     for t in threads:
         t.join()
-    assert seen == {"rows": default_threads(), "jobs": default_threads() + 1}
+    assert seen == {"rows": default_threads(), "job": n, "later": default_threads()}

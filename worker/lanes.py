@@ -5,11 +5,12 @@ long training job never holds back an INSERT's embedding or an `ml.embed_text` b
 Each lane has its own database connection(s) and its own share of the device:
 
 - **CPU threads.** torch's intra-op thread count is per OS thread once that thread has run its first
-  op (`torch.set_num_threads` also changes the default of threads that have not yet). `use_threads`
-  settles a lane thread's count at its start, so no lane's setting leaks into another. The row and
-  query-time lanes keep torch's default (one per core); a job lane gets half the cores (at least one:
-  one on a 2-core machine), so the two never ask for more than about 1.5x the cores together.
-- **CPU priority.** On a CPU-only machine a job lane thread runs at nice +10 (Linux: niceness is per
+  op, but `torch.set_num_threads` also changes the process-wide default that threads copy at their
+  first op. A job lane sets its own count before its first job and puts the default back
+  (`use_own_threads`; again after every job, in case a model's code set it), so the row and
+  query-time lanes keep torch's default (one per core) while a job lane uses half the cores (at least
+  one: one on a 2-core machine): together they never ask for more than about 1.5x the cores.
+- **CPU priority.** On a CPU-only machine a job lane thread runs at nice +10 from its first job on (Linux: niceness is per
   thread, and the threads it starts - torch's OpenMP team, a data loader - inherit it): when the row
   lane and a job both want the cores, the row lane gets most of them; an idle row lane leaves them to
   the job. The job's Python steps also share the GIL with the other lanes, which torch releases
@@ -56,7 +57,7 @@ def job_threads(device: str, configured: int | None = None) -> int:
     if configured:
         return configured
     if str(device).startswith("cuda"):
-        return 0
+        return default_threads()
     return max(1, cores() // 2)
 
 
@@ -65,7 +66,7 @@ _default_threads: int | None = None
 
 def default_threads() -> int:
     """torch's intra-op thread count as this process started (one per core, or $OMP_NUM_THREADS),
-    read once, before any lane set its own."""
+    read once, before a job lane set its own."""
     global _default_threads
     if _default_threads is None:
         import torch
@@ -74,21 +75,30 @@ def default_threads() -> int:
     return _default_threads
 
 
-def use_threads(n: int = 0) -> None:
-    """Settle this thread's torch intra-op thread count: `n`, or torch's default when 0.
+def restore_default_threads() -> None:
+    """Put torch's process-wide default back to `default_threads()` without touching any running
+    thread's own count (set from a thread of its own, which ends at once)."""
+    import torch
+
+    t = threading.Thread(target=torch.set_num_threads, args=(default_threads(),), name="pgsight-threads")
+    t.start()
+    t.join()
+
+
+def use_own_threads(n: int) -> None:
+    """Give this thread `n` torch intra-op threads, and no other thread.
 
     torch copies its process-wide default into a thread at that thread's first op, and from then on the
-    thread keeps a count of its own; `torch.set_num_threads` sets the calling thread's count and the
-    default for threads that have not run an op yet. So: read the default once (default_threads),
-    initialise this thread, then set its count explicitly. Every lane does this at its start, so no
-    lane's setting leaks into another's, whatever order they start in."""
-    try:
-        import torch
-    except ImportError:
-        return
-    n = n or default_threads()
+    thread keeps a count of its own; `torch.set_num_threads` sets the calling thread's count *and* that
+    default. So: read the default (once per process), run this thread's first op, set its count, and
+    put the default back, so that the row and query-time lanes (and any thread that starts later) keep
+    torch's default whatever a job lane uses."""
+    import torch
+
+    default_threads()
     torch.get_num_threads()  # this thread's first op: from now on its count is its own
     torch.set_num_threads(n)
+    restore_default_threads()
 
 
 def lower_priority(nice: int) -> None:
@@ -114,6 +124,7 @@ class JobLane:
         self.errors = 0
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._conn: psycopg.Connection | None = None
+        self._settled = False
 
     def start(self) -> None:
         self._thread.start()
@@ -138,9 +149,6 @@ class JobLane:
 
     def run(self) -> None:
         config = self.worker.config
-        use_threads(job_threads(self.worker.device, config.job_threads))
-        if not self.worker.device.startswith("cuda"):
-            lower_priority(config.job_nice)
         backoff = 0.5
         try:
             while not self.worker.stop.is_set():  # read each time: the CLI swaps the Event before run()
@@ -169,10 +177,29 @@ class JobLane:
         conn = self.conn()
         if self.worker._build_indexes(conn):
             return True
-        if self.worker.config.jobs and self.worker._run_one_job(conn):
+        job = self.worker._claim_job(conn) if self.worker.config.jobs else None
+        if job is None:
+            return False
+        from pgsight.worker.training import run_job  # the model libraries: only once there is a job
+
+        self._settle()
+        try:
+            run_job(self.worker, conn, job)
+        finally:
+            restore_default_threads()  # a job may have called torch.set_num_threads itself
             self.jobs_run += 1
-            return True
-        return False
+        return True
+
+    def _settle(self) -> None:
+        """This lane's share of the CPU, before its first job (not at start: an idle worker that never
+        gets a job should not import torch, and stops at once)."""
+        if self._settled:
+            return
+        self._settled = True
+        config = self.worker.config
+        if not self.worker.device.startswith("cuda"):
+            lower_priority(config.job_nice)
+        use_own_threads(job_threads(self.worker.device, config.job_threads))
 
 
 def start_lanes(worker: Worker) -> list[JobLane]:

@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import platformdirs
 import psycopg
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageLoader
-from pgsight.worker.lanes import JobLane, start_lanes, use_threads
+from pgsight.worker.lanes import JobLane, start_lanes
 from pgsight.worker.registry import ModelCache
 from pgsight.worker.rows import Batch, RowProcessor
 from pgsight.worker.rpc import RpcServer
@@ -105,8 +104,7 @@ class Worker:
             return
         if self.config.rpc:
             rpc = RpcServer(self.config.dsn, self.models, self.loader, lambda: self.id, self.stop)
-            threads.append(threading.Thread(target=self._default_threads(rpc.run), name="pgsight-rpc", daemon=True))
-        use_threads()  # the row lane (this thread) keeps torch's default, whatever a job lane sets
+            threads.append(threading.Thread(target=rpc.run, name="pgsight-rpc", daemon=True))
         for t in threads:
             t.start()
         self.lanes = start_lanes(self)
@@ -154,13 +152,6 @@ class Worker:
             self.rows.close()
             for t in threads:
                 t.join(timeout=5)
-
-    @staticmethod
-    def _default_threads(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            use_threads()
-            target()
-        return run
 
     def _wake(self) -> None:
         self.wake.set()
@@ -283,13 +274,7 @@ class Worker:
             conn.execute("SELECT ml.finish_jobs()")
         return built
 
-    def _run_one_job(self, conn: psycopg.Connection) -> bool:
-        """Claim a training/evaluation job and run it to its end, on a job lane's thread and connection."""
-        from pgsight.worker.training import run_job
-
+    def _claim_job(self, conn: psycopg.Connection) -> dict | None:
+        """A training/evaluation job for a job lane to run (lanes.py), or None."""
         with conn.cursor(row_factory=dict_row) as cur:
-            job = cur.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
-        if job is None:
-            return False
-        run_job(self, conn, job)
-        return True
+            return cur.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
