@@ -34,7 +34,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import psycopg
-from pgsight.worker.connection import connect
+from pgsight.worker.db import WorkerDB
 
 if TYPE_CHECKING:
     from pgsight.worker.loop import Worker
@@ -123,7 +123,7 @@ class JobLane:
         self.jobs_run = 0  # ended in any way: done, failed, cancelled, handed back
         self.errors = 0
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
-        self._conn: psycopg.Connection | None = None
+        self._db: WorkerDB | None = None
         self._settled = False
 
     def start(self) -> None:
@@ -137,15 +137,15 @@ class JobLane:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def conn(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.worker.config.dsn, "pgsight_worker_jobs")
-        return self._conn
+    def db(self) -> WorkerDB:
+        if self._db is None or self._db.closed:
+            self._db = WorkerDB.connect(self.worker.config.dsn, "pgsight_worker_jobs")
+        return self._db
 
     def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def run(self) -> None:
         config = self.worker.config
@@ -174,17 +174,17 @@ class JobLane:
         return min(backoff * 2, 10)
 
     def _once(self) -> bool:
-        conn = self.conn()
-        if self.worker._build_indexes(conn):
+        db = self.db()
+        if self.worker._build_indexes(db):
             return True
-        job = self.worker._claim_job(conn) if self.worker.config.jobs else None
+        job = self.worker._claim_job(db) if self.worker.config.jobs else None
         if job is None:
             return False
         from pgsight.worker.training import run_job  # the model libraries: only once there is a job
 
         self._settle()
         try:
-            run_job(self.worker, conn, job)
+            run_job(self.worker, db.conn, job)
         finally:
             restore_default_threads()  # a job may have called torch.set_num_threads itself
             self.jobs_run += 1
