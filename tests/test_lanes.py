@@ -4,6 +4,7 @@ back. Also: a job lane's torch thread count stays its own."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -82,6 +83,8 @@ def test_rows_and_query_time_calls_go_on_while_a_job_trains(dsn, setup, tiny_dir
             print(f"\nlanes: idle insert/embed_text {idle[0]:.3f}/{idle[1]:.3f} {idle[2]:.3f}/{idle[3]:.3f} s; "
                   f"while training {busy[0]:.3f}/{busy[1]:.3f} {busy[2]:.3f}/{busy[3]:.3f} s")
         assert max(busy) < BOUND, (idle, busy)
+        # the job lane gave up CPU priority (Linux, per thread); the row lane did not
+        assert os.getpriority(os.PRIO_PROCESS, worker.lanes[0].native_id) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
         # served while the job trained, not after it: it is still running and went on meanwhile
         wait_for(lambda: epoch(conn, job) > before, timeout=30)
         assert conn.execute("SELECT status FROM ml.jobs WHERE id = %s", (job,)).fetchone()[0] == "running"

@@ -137,6 +137,10 @@ class JobLane:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def native_id(self) -> int | None:
+        return self._thread.native_id
+
     def db(self) -> WorkerDB:
         if self._db is None or self._db.closed:
             self._db = WorkerDB.connect(self.worker.config.dsn, "pgsight_worker_jobs")
