@@ -33,6 +33,8 @@ SETTINGS = {  # job lane: (niceness, torch threads; 0 = torch's default, one per
     "nice 0, all cores": (0, 0),
 }
 
+DONE = "SELECT done FROM ml.jobs WHERE id = %s AND progress->>'phase' = 'training'"  # training steps so far
+
 
 def wait(predicate, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
@@ -96,16 +98,16 @@ def main() -> None:
                         results["idle"]["embed_text"] += emb
                     job = conn.execute("SELECT ml.build_model(%s, 'simclr', 'SELECT * FROM pics', %s)",
                                        (f"long{r}_{nice}_{threads}", json.dumps(job_opts))).fetchone()[0]
-                    wait(lambda job=job: conn.execute(
-                        "SELECT (progress->>'epoch')::int >= 1 FROM ml.jobs WHERE id = %s", (job,)).fetchone()[0])
+                    wait(lambda job=job: (conn.execute(DONE, (job,)).fetchone() or [0])[0] >= 1)
+                    t0, steps0 = time.perf_counter(), conn.execute(DONE, (job,)).fetchone()[0]
                     ins, emb = measure(conn, next_id, args.rows, args.inserts)
                     next_id += args.rows * args.inserts
-                    speed = conn.execute("SELECT (progress->>'images_per_s')::float FROM ml.jobs WHERE id = %s",
-                                         (job,)).fetchone()[0]
+                    steps = conn.execute(DONE, (job,)).fetchone()[0] - steps0  # training steps meanwhile
+                    speed = steps * job_opts["batch_size"] / (time.perf_counter() - t0)
                     conn.execute("SELECT ml.cancel(%s)", (job,))
                     results[name]["insert"] += ins
                     results[name]["embed_text"] += emb
-                    results[name]["job_images_per_s"].append(speed or 0.0)
+                    results[name]["job_images_per_s"].append(speed)
     summary = {k: {m: round(statistics.median(v), 3) for m, v in d.items() if v} | {"max_insert": round(max(d["insert"]), 3)}
                for k, d in results.items()}
     out = {"bench": "lanes", "args": vars(args), "summary": summary, "raw": results}

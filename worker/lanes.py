@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgsight.worker")
 
-JOB_NICE = 10  # a job lane's niceness on a CPU-only machine
-
-
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -52,13 +49,14 @@ def cores() -> int:
 
 
 def job_threads(device: str, configured: int | None = None) -> int:
-    """torch intra-op threads for a job lane: `configured`, else half the cores on a CPU (at least one),
-    else torch's default (a GPU does the work; the CPU threads only feed it)."""
+    """torch intra-op threads for a job lane: `configured`, else on a CPU half of what the other lanes
+    use (torch's default, at most the cores this process may run on; at least one), else torch's
+    default (a GPU does the work; the CPU threads only feed it)."""
     if configured:
         return configured
     if str(device).startswith("cuda"):
         return default_threads()
-    return max(1, cores() // 2)
+    return max(1, min(default_threads(), cores()) // 2)
 
 
 _default_threads: int | None = None
