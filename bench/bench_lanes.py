@@ -3,7 +3,7 @@ worker trains a model, and what each CPU-sharing choice of the job lane (nicenes
 costs the training job. One worker per setting; settings alternate (A, B, C, A, B, C ...) so that
 drift in the machine's load hits all; the median of each is reported, with the idle latencies.
 
-    .venv/bin/python bench/bench_lanes.py [--repeat 2] [--inserts 6] [--rows 16] [--arch resnet18]
+    .venv/bin/python bench/bench_lanes.py [--repeat 2] [--inserts 6] [--rows 16] [--arch tiny]
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--inserts", type=int, default=6)
     ap.add_argument("--rows", type=int, default=16)
-    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--arch", default="tiny")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pgsight-bench-lanes-"))
     root = tmp / "img"
@@ -74,7 +74,7 @@ def main() -> None:
     for i in range(64):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
     clip_dir = build_tiny_clip(tmp / "clip")
-    job_opts = {"arch": args.arch, "image_size": 32, "batch_size": 32, "max_epochs": 10000}
+    job_opts = {"arch": args.arch, "image_size": 32, "batch_size": 16, "max_epochs": 10000}
     results: dict[str, dict[str, list[float]]] = {k: {"insert": [], "embed_text": [], "job_images_per_s": []}
                                                    for k in ["idle", *SETTINGS]}
     next_id = 0

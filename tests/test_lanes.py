@@ -150,3 +150,17 @@ def test_a_job_lane_thread_count_is_its_own():
     for t in threads:
         t.join()
     assert seen == {"rows": default_threads(), "job": n, "later": default_threads()}
+
+
+def test_a_worker_without_jobs_still_builds_a_deferred_index(dsn, setup, tiny_dir, tmp_path):
+    """Index builds deferred to a backfill's end run on the job lane, which a `--no-jobs` worker keeps."""
+    with psycopg.connect(dsn, autocommit=True) as conn, \
+            running_worker(dsn, [setup], cache_dir=tmp_path / "cache", jobs=False) as worker:
+        conn.execute("UPDATE ml.settings SET value = '2' WHERE key = 'index_defer_rows'")
+        conn.execute("INSERT INTO notes SELECT i, 'a photo of a cat' FROM generate_series(1, 4) i")
+        conn.execute("SELECT ml.load_model('clip', 'clip', %s)", (str(tiny_dir),))
+        emb = conn.execute("SELECT ml.create_embedding('notes', 'clip', 'caption', 'emb', modality => 'text')").fetchone()[0]
+        assert conn.execute("SELECT ml.wait(%s, '60 seconds')", (emb,)).fetchone()[0] == "done"
+        wait_for(lambda: conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'notes' AND indexdef LIKE '%%hnsw%%'")
+                 .fetchone()[0] == 1, timeout=30)
+        assert len(worker.lanes) == 1 and worker.errors == 0

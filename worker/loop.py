@@ -63,7 +63,8 @@ class WorkerConfig:
     jobs: bool = True          # take training/evaluation jobs
     max_jobs: int = 1          # jobs run at once, each on a job lane of its own (lanes.py)
     job_threads: int | None = None  # torch CPU threads of a job lane (None: half the cores, at least 1)
-    job_nice: int = 10         # a job lane's niceness on a CPU-only machine (0: same priority as rows)
+    # a job lane's niceness on a CPU-only machine (0: same priority as rows; docs/lanes.md)
+    job_nice: int = field(default_factory=lambda: int(os.environ.get("PGSIGHT_JOB_NICE", "10")))
     cache_dir: Path | None = None
 
 
