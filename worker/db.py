@@ -167,9 +167,10 @@ class WorkerDB:
 
     def _rows(self, cls: type[T], name: str, *args: Any) -> list[T]:
         """`SELECT <cls's fields> FROM schema.name(args)`, as `cls` instances."""
+        columns: list[sql.Composable] = [sql.Identifier(f.name) for f in fields(cls)]  # type: ignore[arg-type]
+        placeholders: list[sql.Composable] = [sql.Placeholder() for _ in args]
         query = sql.SQL("SELECT {} FROM {}({})").format(
-            sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(cls)),  # type: ignore[arg-type]
-            _fn(name), sql.SQL(", ").join(sql.Placeholder() for _ in args))
+            sql.SQL(", ").join(columns), _fn(name), sql.SQL(", ").join(placeholders))
         with self.conn.cursor(row_factory=class_row(cls)) as cur:
             return cur.execute(query, args).fetchall()
 

@@ -104,6 +104,7 @@ class RowProcessor:
         return batch
 
     def _load_chunk(self, batch: Batch, sources: list[tuple], indices: range) -> None:
+        assert batch.adapter is not None  # _prepare loaded it before any chunk
         for i in indices:
             present, text, data = sources[i]
             if not present or (text is None and data is None):
@@ -128,7 +129,7 @@ class RowProcessor:
             self.seconds["compute"] += time.perf_counter() - t0
 
     def _compute(self, batch: Batch) -> None:
-        if batch.retry_error or batch.task is None:
+        if batch.retry_error or batch.task is None or batch.adapter is None:
             return
         ok = [i for i, x in enumerate(batch.inputs) if x is not None and i not in batch.errors]
         batch.results = [None] * len(batch)
