@@ -10,20 +10,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 T = TypeVar("T")
 
 #: The schema of the worker's plumbing (claim, write-back, blobs ...): users have no rights on it.
-INTERNAL = "ml"
+INTERNAL = "ml_internal"
 
 
 # -- rows ------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class WorkerDB:
     def _rows(self, cls: type[T], name: str, *args: Any) -> list[T]:
         """`SELECT <cls's fields> FROM schema.name(args)`, as `cls` instances."""
         query = sql.SQL("SELECT {} FROM {}({})").format(
-            sql.SQL(", ").join(sql.Identifier(f) for f in cls.__dataclass_fields__),  # type: ignore[attr-defined]
+            sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(cls)),  # type: ignore[arg-type]
             _fn(name), sql.SQL(", ").join(sql.Placeholder() for _ in args))
         with self.conn.cursor(row_factory=class_row(cls)) as cur:
             return cur.execute(query, args).fetchall()
@@ -298,11 +298,12 @@ class WorkerDB:
         row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_snapshot(job_id))).fetchone()
         return int(row[0]) if row else 0
 
-    def snapshot_rows(self, job_id: int) -> Iterator[dict[str, Any]]:
-        """The rows of a job's snapshot through a server-side cursor (open a transaction first)."""
-        from psycopg.rows import dict_row
-
-        with self.conn.cursor(name=f"pgsight_job_{job_id}", row_factory=dict_row) as cur:
+    def snapshot_rows(self, job_id: int, chunk: int = 256) -> Iterator[dict[str, Any]]:
+        """The rows of a job's snapshot, fetched `chunk` at a time through a cursor WITH HOLD: on an
+        autocommit connection it is materialised when declared, so no transaction (no snapshot, no
+        lock) stays open between fetches while the caller runs a model."""
+        with self.conn.cursor(name=f"pgsight_job_{job_id}", row_factory=dict_row, withhold=True) as cur:
+            cur.itersize = chunk
             cur.execute(sql.SQL("SELECT * FROM {}").format(_snapshot(job_id)))
             yield from cur
 

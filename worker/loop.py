@@ -1,7 +1,7 @@
 """The worker: registers, heartbeats, listens, claims rows and jobs, and serves query-time requests.
 
 NOTIFY is a wake-up hint; polling (every `poll_interval`) is the truth. Claimed rows carry a lease;
-a worker that dies stops heartbeating and its rows go to another worker (ml.reap). First stop
+a worker that dies stops heartbeating and its rows go to another worker (ml_internal.reap). First stop
 request: finish the batch in flight and hand back the rest; second: exit at once (the CLI's job).
 
 Three lanes share one worker: rows (this loop), query-time calls (rpc.py's thread) and jobs (lanes.py:
@@ -130,7 +130,7 @@ class Worker:
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 10)
                 except Exception as e:  # data or DDL never stops the worker
-                    # Errors of a row, a batch or a task are attributed in SQL (ml.claim, ml._write_back)
+                    # Errors of a row, a batch or a task are attributed in SQL (ml_internal.claim, ml_internal._write_back)
                     # and in RowProcessor.write; what reaches here is unexpected: log it, hand back
                     # what this worker holds (the rows' attempts were counted, so a poison row is
                     # dead-lettered after max_attempts) and go on after a pause.
@@ -262,7 +262,7 @@ class Worker:
         return any_work
 
     def _build_indexes(self, db: WorkerDB) -> bool:
-        """HNSW indexes deferred until a large backfill's last row (see ml._install_task); a job lane's."""
+        """HNSW indexes deferred until a large backfill's last row (see ml_private._install_task); a job lane's."""
         built = False
         while not self.stop.is_set():
             task = db.build_pending_index(self.id)

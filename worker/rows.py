@@ -167,7 +167,7 @@ class RowProcessor:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
-            # ml._write_back attributes row and table errors itself; anything left is the task's:
+            # ml_internal._write_back attributes row and table errors itself; anything left is the task's:
             # record it, back the task off and hand its rows back (other tasks go on)
             tid = batch.task_id
             log.warning("task %s: writing back failed: %s", tid, e)
