@@ -170,7 +170,7 @@ class WorkerDB:
 
     def _rows(self, cls: type[T], name: str, *args: Any) -> list[T]:
         """`SELECT <cls's fields> FROM schema.name(args)`, as `cls` instances."""
-        columns: list[sql.Composable] = [sql.Identifier(f.name) for f in fields(cls)]  # type: ignore[arg-type]
+        columns: list[sql.Composable] = [sql.Identifier(f.name) for f in fields(cls)]
         placeholders: list[sql.Composable] = [sql.Placeholder() for _ in args]
         query = sql.SQL("SELECT {} FROM {}({})").format(
             sql.SQL(", ").join(columns), _fn(name), sql.SQL(", ").join(placeholders))
