@@ -190,7 +190,8 @@ BEGIN
 END $$;
 
 -- Build the task's HNSW index and check that it exists, is valid and indexes the result column
--- before the task says 'ready'.
+-- before the task says 'ready'. Built as the table's owner (ml._as_owner): a worker building a
+-- deferred index (ml.build_pending_index) is not the owner, and only the owner may CREATE INDEX.
 CREATE OR REPLACE FUNCTION ml._create_index(tid int) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_mem = '256MB' AS $$
 DECLARE
@@ -209,9 +210,8 @@ BEGIN
         t.index_name := ml._unique_index_name(t.table_name, t.result_col);
         UPDATE ml.tasks SET index_name = t.index_name WHERE id = tid;
     END IF;
-    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
-                   t.result_col, ml._vector_schema(), coalesce(storage, 'vector') ||
-                   CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END);
+    PERFORM ml._as_owner(t, 'index', ARRAY[coalesce(storage, 'vector') ||
+                         CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END]);
     SELECT i.indisvalid AND i.indkey[0] = t.result_attnum INTO ok
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
     WHERE c.relname = t.index_name AND c.relnamespace = ns AND i.indrelid = t.table_name;
@@ -219,7 +219,11 @@ BEGIN
         RAISE EXCEPTION 'pgsight: index % of %.% is missing or invalid after CREATE INDEX', t.index_name,
             t.table_name, t.result_col;
     END IF;
-    PERFORM ml._task_index_state(tid, current_user, 'ready');
+    IF ml._may_change(current_user, t.owner) THEN
+        PERFORM ml._task_index_state(tid, current_user, 'ready');
+    ELSE  -- a worker (ml.build_pending_index), which writes ml.tasks itself
+        UPDATE ml.tasks SET index_state = 'ready' WHERE id = tid;
+    END IF;
 END $$;
 
 -- Worker: build one pending index whose backfill has no rows left. One transaction: a worker that

@@ -1,0 +1,68 @@
+"""A large backfill defers its HNSW index to its last row; the worker then builds it. The worker logs
+in as its own role (pgsight_worker), which may not CREATE INDEX on a user's table: the index is
+built as the table's owner (through the owner's ml_owner function), like every other statement the
+worker runs on a user table."""
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from conftest import png_bytes
+from psycopg.conninfo import make_conninfo
+
+from pgsight.testing import running_worker
+
+
+@pytest.fixture
+def roles(dsn):
+    suffix = uuid.uuid4().hex[:6]
+    names = {"owner": f"owner_{suffix}", "wrk": f"wrk_{suffix}"}
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {names['owner']} LOGIN IN ROLE pgsight_user")
+        admin.execute(f"GRANT CREATE ON SCHEMA public TO {names['owner']}")
+        admin.execute(f"CREATE ROLE {names['wrk']} LOGIN IN ROLE pgsight_worker")
+    yield {k: make_conninfo(dsn, user=v) for k, v in names.items()}, names
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("DROP TABLE IF EXISTS deferred_pics CASCADE")
+        for v in names.values():
+            admin.execute(f"DROP OWNED BY {v} CASCADE")
+            admin.execute(f"DROP ROLE {v}")
+
+
+def test_deferred_index_is_built_by_a_worker_that_is_not_the_owner(roles, tmp_path):
+    dsns, names = roles
+    with psycopg.connect(dsns["owner"], autocommit=True) as owner:
+        owner.execute("CREATE TABLE deferred_pics (id int PRIMARY KEY, img bytea)")
+        owner.execute("INSERT INTO deferred_pics SELECT i, %s FROM generate_series(1, 12) i", (png_bytes(1, 8),))
+        owner.execute("SELECT ml.load_model('px4', 'pixels', options => '{\"size\": 4}')")
+        with owner.transaction():
+            owner.execute("SET LOCAL pgsight.index_defer_rows = 5")  # 12 rows: a "large" backfill
+            job = owner.execute("SELECT ml.create_embedding('deferred_pics', 'px4', 'img')").fetchone()[0]
+        assert owner.execute("SELECT index_state FROM ml.tasks").fetchone()[0] == "pending"
+        with running_worker(dsns["wrk"], [tmp_path], batch_size=4):
+            assert owner.execute("SELECT ml.wait(%s)", (job,)).fetchone()[0] == "done"
+        state, error, index = owner.execute("SELECT index_state, error, index_name FROM ml.tasks").fetchone()
+        assert (state, error) == ("ready", None)
+        # the index exists, is valid, is HNSW on the result column, and belongs to the table's owner
+        row = owner.execute(
+            "SELECT i.indisvalid, am.amname, a.attname, pg_get_userbyid(c.relowner) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE c.relname = %s", (index,)).fetchone()
+        assert row == (True, "hnsw", "embedding", names["owner"])
+        assert owner.execute("SELECT count(embedding) FROM deferred_pics").fetchone()[0] == 12
+
+
+def test_index_operation_takes_only_pgvector_operator_classes(dsn, roles):
+    """The owner's function builds an index only with one of pgvector's HNSW operator classes."""
+    dsns, names = roles
+    with psycopg.connect(dsns["owner"], autocommit=True) as owner:
+        owner.execute("CREATE TABLE deferred_pics (id int PRIMARY KEY, img bytea)")
+        owner.execute("SELECT ml.load_model('px4', 'pixels', options => '{\"size\": 4}')")
+        owner.execute("SELECT ml.create_embedding('deferred_pics', 'px4', 'img')")
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        tid = admin.execute("SELECT id FROM ml.tasks").fetchone()[0]
+        for bad in ["int4_ops) WITH (m = 2", "vector_cosine_ops; DROP TABLE deferred_pics", None]:
+            with pytest.raises(psycopg.errors.RaiseException, match="not an HNSW operator class"):
+                admin.execute("SELECT ml._user_table_op(ml._task(%s), 'index', ARRAY[%s])", (tid, bad))
