@@ -127,6 +127,7 @@ BEGIN
         END IF;
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.%s(%s)', tbl, result_col, ml._vector_schema(),
                        coalesce(ml.setting('storage'), 'vector'), m.dim);
+        PERFORM ml._result_storage(tbl, result_col);
     ELSE
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I text, ADD COLUMN %I real', tbl, result_col, result_col || '_score');
     END IF;
@@ -168,6 +169,23 @@ BEGIN
         END IF;
     END IF;
     RETURN jid;
+END $$;
+
+-- Result vectors of at most half a page (vector up to 1022 dimensions, halfvec up to 2044) are stored
+-- inline, never TOASTed (STORAGE PLAIN): a write-back then writes one heap tuple instead of a heap
+-- tuple, TOAST chunks and a TOAST index entry (1.35-1.4x the rows/s, bench/bench_capacity.py), and exact
+-- scans read vectors without detoasting. Larger vectors keep the type's storage (out of line), so that
+-- a row always fits its page. docs/scale.md.
+CREATE OR REPLACE FUNCTION ml._result_storage(tbl regclass, col text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+DECLARE
+    bytes int := (SELECT a.atttypmod * CASE t.typname WHEN 'halfvec' THEN 2 ELSE 4 END + 8
+                  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                  WHERE a.attrelid = tbl AND a.attname = col AND t.typname IN ('vector', 'halfvec') AND a.atttypmod > 0);
+BEGIN
+    IF bytes <= 4096 THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET STORAGE PLAIN', tbl, col);
+    END IF;
 END $$;
 
 -- An index name no other relation of the table's schema has (a long table name truncated to 63

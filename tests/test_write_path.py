@@ -1,7 +1,8 @@
-"""A large backfill defers its HNSW index to its last row; the worker then builds it. The worker logs
-in as its own role (pgsight_worker), which may not CREATE INDEX on a user's table: the index is
-built as the table's owner (through the owner's ml_owner function), like every other statement the
-worker runs on a user table."""
+"""The write path's capacity changes (docs/scale.md): result vectors stored inline when they take at
+most half a page; a large backfill's deferred HNSW index built by a worker that is not the table's
+owner (the worker logs in as its own pgsight_worker role, which may not CREATE INDEX on a user's
+table: the index is built as the owner, through the owner's ml_owner function, like every other
+statement the worker runs on a user table)."""
 from __future__ import annotations
 
 import uuid
@@ -66,3 +67,23 @@ def test_index_operation_takes_only_pgvector_operator_classes(dsn, roles):
         for bad in ["int4_ops) WITH (m = 2", "vector_cosine_ops; DROP TABLE deferred_pics", None]:
             with pytest.raises(psycopg.errors.RaiseException, match="not an HNSW operator class"):
                 admin.execute("SELECT ml._user_table_op(ml._task(%s), 'index', ARRAY[%s])", (tid, bad))
+
+
+def test_result_vectors_inline_when_they_take_at_most_half_a_page(dsn):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE store_pics (id int PRIMARY KEY, img bytea)")
+        conn.execute("SELECT ml.load_model('px4', 'pixels', options => '{\"size\": 4}')")      # 16-d
+        conn.execute("SELECT ml.load_model('px32', 'pixels', options => '{\"size\": 32}')")    # 1024-d: 4 KB + 8
+        conn.execute("SELECT ml.create_embedding('store_pics', 'px4', 'img', 'small')")
+        conn.execute("SELECT ml.create_embedding('store_pics', 'px32', 'img', 'big')")
+        with conn.transaction():
+            conn.execute("SET LOCAL pgsight.storage = 'halfvec'")
+            conn.execute("SELECT ml.create_embedding('store_pics', 'px32', 'img', 'big_half')")  # 2 KB + 8
+        storage = dict(conn.execute("SELECT attname, attstorage FROM pg_attribute WHERE attrelid = 'store_pics'::regclass "
+                                    "AND attname IN ('small', 'big', 'big_half')").fetchall())
+        assert storage == {"small": "p", "big": "e", "big_half": "p"}
+        # a model replaced by one of another dimension: the new type keeps the rule
+        conn.execute("SELECT ml.load_model('px32', 'pixels', options => '{\"size\": 16, \"overwrite\": true}')")
+        assert conn.execute("SELECT format_type(atttypid, atttypmod), attstorage FROM pg_attribute "
+                            "WHERE attrelid = 'store_pics'::regclass AND attname = 'big'").fetchone() == ("vector(256)", "p")
+        conn.execute("DROP TABLE store_pics")
