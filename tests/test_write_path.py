@@ -87,3 +87,34 @@ def test_result_vectors_inline_when_they_take_at_most_half_a_page(dsn):
         assert conn.execute("SELECT format_type(atttypid, atttypmod), attstorage FROM pg_attribute "
                             "WHERE attrelid = 'store_pics'::regclass AND attname = 'big'").fetchone() == ("vector(256)", "p")
         conn.execute("DROP TABLE store_pics")
+
+
+def test_claim_walks_the_queue_index_before_statistics_exist(dsn):
+    """A large backfill fills ml.queue faster than autovacuum analyzes it; planned with the stale
+    statistics, the claim's `ORDER BY … LIMIT n FOR UPDATE SKIP LOCKED` read and sorted the whole
+    queue (a Sort under LockRows cannot be bounded): claim cost grew with the queue's size. It must
+    walk queue_task_idx whatever the statistics say."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE many_pics (id int PRIMARY KEY, img bytea)")
+        conn.execute("INSERT INTO many_pics SELECT i, '\\x00' FROM generate_series(1, 60000) i")
+        conn.execute("SELECT ml.load_model('px4', 'pixels', options => '{\"size\": 4}')")
+        with conn.transaction():
+            conn.execute("SET LOCAL pgsight.index = 'off'")
+            conn.execute("SELECT ml.create_embedding('many_pics', 'px4', 'img')")
+        worker = conn.execute("SELECT ml.worker_register('test', 0, 'cpu')").fetchone()[0]
+        with conn.transaction():
+            rows = conn.execute("SELECT * FROM ml.claim(%s, 256)", (worker,)).fetchall()
+            assert len(rows) == 256
+            seq, idx = conn.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_all_tables "
+                                    "WHERE relid = 'ml.queue'::regclass").fetchone()
+            assert (seq, idx > 0) == (0, True)
+            # the write-back deletes them through the primary key too
+            conn.execute("SELECT ml.write_embeddings(%s, %s, %s, %s, %s, %s::vector[])",
+                         (worker, rows[0][1], [r[0] for r in rows], [r[2] for r in rows], [r[6] for r in rows],
+                          ["[" + ",".join(["0.25"] * 16) + "]"] * 256))
+            seq = conn.execute("SELECT seq_scan FROM pg_stat_xact_all_tables "
+                               "WHERE relid = 'ml.queue'::regclass").fetchone()[0]
+            assert seq == 0
+        assert conn.execute("SELECT count(embedding) FROM many_pics").fetchone()[0] == 256
+        conn.execute("SELECT ml.worker_unregister(%s)", (worker,))
+        conn.execute("DROP TABLE many_pics")
