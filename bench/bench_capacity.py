@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -300,7 +301,9 @@ def print_grid(points: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--rows", type=int, default=10000, help="rows per worker point")
+    ap.add_argument("--rows", type=int, default=10000, help="rows per worker point (HNSW deferred, variants)")
+    ap.add_argument("--maintained-rows", type=int, default=2500,
+                    help="rows per point with the HNSW index maintained (~25x slower per row)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", default="1,2,4,8")
     ap.add_argument("--rounds", type=int, default=1)
@@ -308,6 +311,7 @@ def main() -> None:
                     help="write-path variants at 2 workers, no index (the rows phase of a deferred backfill; '' for none)")
     ap.add_argument("--growth", default="10000,100000", help="queued rows for the claim-cost growth points")
     ap.add_argument("--stream-seconds", type=float, default=6.0)
+    ap.add_argument("--out", default="capacity", help="bench/out/NAME.json")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: grid,stream,growth,micro")
     args = ap.parse_args()
     if args.child:
@@ -315,6 +319,7 @@ def main() -> None:
         return
     import capacity_micro
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill stops the server and the workers too
     skip = set(filter(None, args.skip.split(",")))
     started = time.perf_counter()
     result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "uptime_start":
@@ -334,7 +339,7 @@ def main() -> None:
                     if r % 2:
                         plan.reverse()
                     for w, m, v in plan:
-                        p = worker_point(srv, fleet, w, m, args.rows, v)
+                        p = worker_point(srv, fleet, w, m, args.maintained_rows if m == "maintained" else args.rows, v)
                         result["points"].append(p)
                         print(f"  round {r + 1}: {w} workers, {m:10s} {v:14s} {p['rows_per_s']:8.0f} rows/s  "
                               f"claim p95 {p['claim_p95_ms']:.1f} ms  WAL {p['wal_bytes_per_row']:.0f} B/row  "
@@ -350,7 +355,7 @@ def main() -> None:
             result["micro"] = capacity_micro.write_variants(srv.user, args.batch)
     result["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result["wall_s"] = time.perf_counter() - started
-    print(f"\n{result['uptime_end']}\nwall {result['wall_s']:.0f} s; saved {save('capacity', result)}")
+    print(f"\n{result['uptime_end']}\nwall {result['wall_s']:.0f} s; saved {save(args.out, result)}")
 
 
 if __name__ == "__main__":
