@@ -153,7 +153,7 @@ class Server:
             c.execute("CREATE ROLE cap_user LOGIN IN ROLE pgsight_user")
             c.execute("GRANT CREATE ON SCHEMA public TO cap_user")
             c.execute("CREATE ROLE cap_worker LOGIN IN ROLE pgsight_worker")
-            c.execute("SELECT ml._model_put('cap_user', 'capk', 'capkey', NULL, 512, '{}', '{}')")
+            c.execute("SELECT ml_private._model_put('cap_user', 'capk', 'capkey', NULL, 512, '{}', '{}')")
         self.user = make_conninfo(self.admin, user="cap_user")
         self.worker = make_conninfo(self.admin, user="cap_worker")
         return self

@@ -96,32 +96,32 @@ def growth(srv, sizes: list[int], batch: int, batches: int = 20) -> list[dict]:
                 user.execute("SELECT set_config('pgsight.index', 'off', true)")
                 user.execute("SELECT ml.create_embedding('capg', 'capk', 'k', 'emb', 'text')")
             t2 = time.perf_counter()
-            wid = wrk.execute("SELECT ml.worker_register('bench', 0, 'cpu')").fetchone()[0]
+            wid = wrk.execute("SELECT ml_internal.worker_register('bench', 0, 'cpu')").fetchone()[0]
             backend = wrk.execute("SELECT pg_backend_pid()").fetchone()[0]
             claim, write, finish, info = [], [], [], []
             cpu = {"claim": 0.0, "write": 0.0, "rows": 0}
             for _ in range(rounds):
                 c0 = cpu_seconds(backend)
                 a = time.perf_counter()
-                rows = wrk.execute("SELECT * FROM ml.claim(%s, %s)", (wid, batch)).fetchall()
+                rows = wrk.execute("SELECT * FROM ml_internal.claim(%s, %s)", (wid, batch)).fetchall()
                 b = time.perf_counter()
                 c1 = cpu_seconds(backend)
-                wrk.execute("SELECT * FROM ml.task_info(%s)", (rows[0][1],)).fetchone()
+                wrk.execute("SELECT * FROM ml_internal.task_info(%s)", (rows[0][1],)).fetchone()
                 c = time.perf_counter()
-                wrk.execute("SELECT ml.write_embeddings(%s, %s, %s, %s, %s, %b::vector[])",
+                wrk.execute("SELECT ml_internal.write_embeddings(%s, %s, %s, %s, %s, %b::vector[])",
                             (wid, rows[0][1], [r[0] for r in rows], [r[2] for r in rows], [r[6] for r in rows],
                              list(key_vectors([r[4] for r in rows]))))
                 d = time.perf_counter()
                 cpu["claim"] += c1 - c0
                 cpu["write"] += cpu_seconds(backend) - c1
                 cpu["rows"] += len(rows)
-                wrk.execute("SELECT ml.finish_jobs()")
+                wrk.execute("SELECT ml_internal.finish_jobs()")
                 e = time.perf_counter()
                 claim.append((b - a) / len(rows))
                 info.append(c - b)
                 write.append((d - c) / len(rows))
                 finish.append(e - d)
-            wrk.execute("SELECT ml.worker_unregister(%s)", (wid,))
+            wrk.execute("SELECT ml_internal.worker_unregister(%s)", (wid,))
             user.execute("DROP TABLE capg")
         p = {"queued": n, "insert_us_per_row": 1e6 * (t1 - t0) / n, "queue_us_per_row": 1e6 * (t2 - t1) / n,
              "claim_us_per_row": 1e6 * statistics.median(claim), "claim_us_per_row_p95": 1e6 * sorted(claim)[int(0.95 * (rounds - 1))],

@@ -66,7 +66,7 @@ def test_index_operation_takes_only_pgvector_operator_classes(dsn, roles):
         tid = admin.execute("SELECT id FROM ml.tasks").fetchone()[0]
         for bad in ["int4_ops) WITH (m = 2", "vector_cosine_ops; DROP TABLE deferred_pics", None]:
             with pytest.raises(psycopg.errors.RaiseException, match="not an HNSW operator class"):
-                admin.execute("SELECT ml._user_table_op(ml._task(%s), 'index', ARRAY[%s])", (tid, bad))
+                admin.execute("SELECT ml_private._user_table_op(ml_private._task(%s), 'index', ARRAY[%s])", (tid, bad))
 
 
 def test_result_vectors_inline_when_they_take_at_most_half_a_page(dsn):
@@ -101,20 +101,20 @@ def test_claim_walks_the_queue_index_before_statistics_exist(dsn):
         with conn.transaction():
             conn.execute("SET LOCAL pgsight.index = 'off'")
             conn.execute("SELECT ml.create_embedding('many_pics', 'px4', 'img')")
-        worker = conn.execute("SELECT ml.worker_register('test', 0, 'cpu')").fetchone()[0]
+        worker = conn.execute("SELECT ml_internal.worker_register('test', 0, 'cpu')").fetchone()[0]
         with conn.transaction():
-            rows = conn.execute("SELECT * FROM ml.claim(%s, 256)", (worker,)).fetchall()
+            rows = conn.execute("SELECT * FROM ml_internal.claim(%s, 256)", (worker,)).fetchall()
             assert len(rows) == 256
             seq, idx = conn.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_all_tables "
                                     "WHERE relid = 'ml.queue'::regclass").fetchone()
             assert (seq, idx > 0) == (0, True)
             # the write-back deletes them through the primary key too
-            conn.execute("SELECT ml.write_embeddings(%s, %s, %s, %s, %s, %s::vector[])",
+            conn.execute("SELECT ml_internal.write_embeddings(%s, %s, %s, %s, %s, %s::vector[])",
                          (worker, rows[0][1], [r[0] for r in rows], [r[2] for r in rows], [r[6] for r in rows],
                           ["[" + ",".join(["0.25"] * 16) + "]"] * 256))
             seq = conn.execute("SELECT seq_scan FROM pg_stat_xact_all_tables "
                                "WHERE relid = 'ml.queue'::regclass").fetchone()[0]
             assert seq == 0
         assert conn.execute("SELECT count(embedding) FROM many_pics").fetchone()[0] == 256
-        conn.execute("SELECT ml.worker_unregister(%s)", (worker,))
+        conn.execute("SELECT ml_internal.worker_unregister(%s)", (worker,))
         conn.execute("DROP TABLE many_pics")

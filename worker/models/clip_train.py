@@ -39,7 +39,7 @@ def _quiet_transformers() -> None:
 def _source_of(ctx, ref: str, what: str) -> str:
     """A registered model's directory (it must be a clip model), else the hub id / directory itself."""
     if ctx.model_exists(ref):
-        kind = ctx.model_info(ref)["kind"]
+        kind = ctx.model_info(ref).kind
         if kind != "clip":
             raise ValueError(f"{what} {ref!r} is a {kind} model, not a clip model")
         return ctx.model_source_dir(ref)

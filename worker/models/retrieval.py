@@ -73,10 +73,10 @@ def _check_options(options: dict[str, Any]) -> list[int]:
 
 def evaluate_retrieval(ctx) -> dict[str, Any]:
     if ctx.params.get("what") != "retrieval":
-        raise ValueError(f"{ctx.job['model']} is a dual encoder: evaluate it with ml.evaluate_retrieval")
+        raise ValueError(f"{ctx.job.model} is a dual encoder: evaluate it with ml.evaluate_retrieval")
     options = ctx.options
     ks = _check_options(options)
-    adapter = ctx.model(ctx.job["model"])
+    adapter = ctx.model(ctx.job.model)
     pairs = read_pairs(
         ctx, options.get("image_col", "image_path"), options.get("text_col", "text"), options.get("group_col")
     )

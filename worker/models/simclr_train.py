@@ -151,5 +151,5 @@ def train(ctx) -> dict[str, Any]:
                        "epochs": o.max_epochs, "images_per_s": result["images_per_s"],
                        "train_seconds": result["train_seconds"]}
     version = ctx.save_model(out, simclr.encoder_dim(encoder), info)
-    return {"model": ctx.job["model"], "version": version, "images": len(images), "skipped": skipped,
+    return {"model": ctx.job.model, "version": version, "images": len(images), "skipped": skipped,
             "image_size": size, "load_seconds": round(load_s, 2), **result, "options": asdict(o)}

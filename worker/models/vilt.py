@@ -201,6 +201,6 @@ def evaluate(ctx) -> dict[str, Any]:
     """ml.evaluate_vqa: see pgsight.worker.models.vqa."""
     from pgsight.worker.models.vqa import evaluate as run
 
-    adapter = ctx.model(ctx.job["model"])
+    adapter = ctx.model(ctx.job.model)
     with one_thread_if_small(adapter.model, adapter.device):
         return run(ctx, adapter)

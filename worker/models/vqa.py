@@ -113,10 +113,10 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
     against the row's answers. Options: image_col, question_col, answers_col (defaults those the model
     was trained with, else image_path/question/answers), batch_size (default 64). Rows whose image
     cannot be read, or whose answers cannot be parsed, are left out and counted ('skipped')."""
-    model_name = ctx.job["model"]
+    model_name = ctx.job.model
     trained = ctx.model_info(model_name)
     defaults = {"image_col": "image_path", "question_col": "question", "answers_col": "answers"}
-    defaults.update({k: v for k, v in ((trained or {}).get("options") or {}).items() if k in defaults and v})
+    defaults.update({k: v for k, v in ((trained.options if trained else None) or {}).items() if k in defaults and v})
     opts = {**defaults, **{k: v for k, v in ctx.options.items() if k in defaults and v}}
     batch = int(ctx.options.get("batch_size") or 64)
     if batch < 1:
