@@ -208,8 +208,9 @@ BEGIN
 END $$;
 
 -- Build the task's HNSW index and check that it exists, is valid and indexes the result column
--- before the task says 'ready'. Built as the table's owner (ml_private._as_owner): a worker building a
--- deferred index (ml_internal.build_pending_index) is not the owner, and only the owner may CREATE INDEX.
+-- before the task says 'ready'. A worker building a deferred index (ml_internal.build_pending_index) is
+-- not the table's owner, and only the owner may CREATE INDEX: it builds it as the owner
+-- (ml_private._as_owner); the owner, an admin or a superuser builds it with its own rights, as before.
 CREATE OR REPLACE FUNCTION ml_private._create_index(tid int) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_mem = '256MB' AS $$
 DECLARE
@@ -228,8 +229,14 @@ BEGIN
         t.index_name := ml_private._unique_index_name(t.table_name, t.result_col);
         UPDATE ml.tasks SET index_name = t.index_name WHERE id = tid;
     END IF;
-    PERFORM ml_private._as_owner(t, 'index', ARRAY[coalesce(storage, 'vector') ||
-                         CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END]);
+    IF ml_private._may_change(current_user, t.owner) THEN  -- the owner, an admin or a superuser: its own rights
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
+                       t.result_col, ml_private._vector_schema(), coalesce(storage, 'vector') ||
+                       CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END);
+    ELSE  -- a worker (ml_internal.build_pending_index): as the table's owner
+        PERFORM ml_private._as_owner(t, 'index', ARRAY[coalesce(storage, 'vector') ||
+                             CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END]);
+    END IF;
     SELECT i.indisvalid AND i.indkey[0] = t.result_attnum INTO ok
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
     WHERE c.relname = t.index_name AND c.relnamespace = ns AND i.indrelid = t.table_name;
