@@ -298,9 +298,12 @@ class WorkerDB:
         row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_snapshot(job_id))).fetchone()
         return int(row[0]) if row else 0
 
-    def snapshot_rows(self, job_id: int) -> Iterator[dict[str, Any]]:
-        """The rows of a job's snapshot through a server-side cursor (open a transaction first)."""
-        with self.conn.cursor(name=f"pgsight_job_{job_id}", row_factory=dict_row) as cur:
+    def snapshot_rows(self, job_id: int, chunk: int = 256) -> Iterator[dict[str, Any]]:
+        """The rows of a job's snapshot, fetched `chunk` at a time through a cursor WITH HOLD: on an
+        autocommit connection it is materialised when declared, so no transaction (no snapshot, no
+        lock) stays open between fetches while the caller runs a model."""
+        with self.conn.cursor(name=f"pgsight_job_{job_id}", row_factory=dict_row, withhold=True) as cur:
+            cur.itersize = chunk
             cur.execute(sql.SQL("SELECT * FROM {}").format(_snapshot(job_id)))
             yield from cur
 

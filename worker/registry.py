@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 from pgsight.worker import sources, store
 from pgsight.worker.db import ModelInfo, WorkerDB
-from pgsight.worker.models import Adapter, adapter_class
+from pgsight.worker.models import Adapter
+from pgsight.worker.models.kinds import adapter_class
 
 
 class ModelLoadError(Exception):
@@ -60,17 +61,28 @@ class ModelCache:
             info = db.model_info(name)
             if info is None:
                 raise ModelLoadError(f"no model named {name!r}")
-            if info.stored:
-                directory = self.directory(info)
-                if not (directory / ".complete").exists():
-                    if store.load_dir(db, f"model/{name}/{info.version}/", directory) == 0:
-                        raise ModelLoadError(f"model {name!r} v{info.version} has no stored weights")
-                    (directory / ".complete").touch()
-                source = str(directory)
-            else:
-                source = info.source
+            source = self._fetch(db, info)
             opts = dict(info.options or {})
             opts["_info"] = info.info or {}
             adapter = self.from_source(info.kind, source, opts)
             self._by_name[name] = (info.version, adapter)
             return adapter
+
+    def files(self, conn: psycopg.Connection | WorkerDB, name: str) -> str:
+        """Where the registered model `name` loads from: its stored files, fetched into the cache
+        directory, or its source (hub id or directory) when it has none. Loads no model."""
+        with self._key_lock(("name", name)):
+            info = WorkerDB.of(conn).model_info(name)
+            if info is None:
+                raise ModelLoadError(f"no model named {name!r}")
+            return self._fetch(WorkerDB.of(conn), info)
+
+    def _fetch(self, db: WorkerDB, info: ModelInfo) -> str | None:
+        if not info.stored:
+            return info.source
+        directory = self.directory(info)
+        if not (directory / ".complete").exists():
+            if store.load_dir(db, f"model/{info.name}/{info.version}/", directory) == 0:
+                raise ModelLoadError(f"model {info.name!r} v{info.version} has no stored weights")
+            (directory / ".complete").touch()
+        return str(directory)

@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 from pgsight.worker.db import RpcReply, RpcRequest, WorkerDB
 from pgsight.worker.images import ImageError, ImageLoader
-from pgsight.worker.models.zeroshot import check, ranked
+from pgsight.worker.models.clip.zeroshot import check, ranked
 from pgsight.worker.registry import ModelCache
 
 log = logging.getLogger("pgsight.worker.rpc")

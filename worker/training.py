@@ -1,8 +1,18 @@
 """Training and evaluation jobs (ml.build_model, ml.evaluate_*), run by a worker's main loop.
 
-A kind's module provides `train(ctx)` and/or `evaluate(ctx)`; `JobContext` gives them everything
-that touches the database: the query's rows, images through the worker's loader, progress and
-cancellation, checkpoints, and registering the trained model.
+A kind registers `train(ctx)` and/or `evaluate(ctx)` (pgsight.worker.models.kinds); `JobContext` is
+all they see of the worker and the database:
+
+- the job: `job_id`, `model_name`, `params`, `options`, `device`, `workdir`, `loader_threads`;
+- data: `rows()` (the job's snapshot, fetched in chunks, no transaction held between them),
+  `row_count()`, `load_image(ref)`, `record_errors([(row key, message)], column)`;
+- models: `model(name)` (a loaded adapter), `model_info(name)` (ModelInfo or None), `model_dir(name)`
+  (a directory or hub id to load its files from);
+- progress and files: `progress(...)` (raises JobStopped when the job was cancelled),
+  `save_checkpoint(dir)`, `load_checkpoint(dir)`, `save_model(dir, dim, info)`.
+
+The training kit (pgsight.worker.kit) builds on these: image tables, schedules, options,
+checkpoints, resolve_model.
 """
 from __future__ import annotations
 
@@ -19,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from pgsight.worker import store
 from pgsight.worker.db import Job, ModelInfo, WorkerDB
-from pgsight.worker.images import ImageError
-from pgsight.worker.models import kind_module
+from pgsight.worker.models.kinds import kind as model_kind
 
 if TYPE_CHECKING:
     from pgsight.worker.loop import Worker
@@ -63,8 +72,18 @@ class JobContext:
         return self.params.get("options") or {}
 
     @property
+    def model_name(self) -> str:
+        """The model the job trains or evaluates."""
+        return self.job.model
+
+    @property
     def device(self) -> str:
         return self.worker.device
+
+    @property
+    def loader_threads(self) -> int:
+        """Threads for decoding the job's images (the worker's setting)."""
+        return self.worker.config.loader_threads
 
     # -- data ---------------------------------------------------------------------------------
     # The job's rows are its snapshot: the table ml.snapshot_<job id>, filled when the job was
@@ -76,43 +95,31 @@ class JobContext:
             rows = self.db.snapshot_count(self.job_id)
         return int(rows)
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """The rows of the job's snapshot (server-side cursor, read-only transaction, its own connection)."""
-        reader = self._read_snapshot()
+    def rows(self, chunk: int = 256) -> Iterator[dict[str, Any]]:
+        """The rows of the job's snapshot, as dicts, on a connection of their own, fetched `chunk` at a
+        time outside any transaction: nothing stays open while the caller runs a model between fetches."""
+        reader = self._read_snapshot(chunk)
         self._readers.append(reader)
         return reader
 
-    def _read_snapshot(self) -> Iterator[dict[str, Any]]:
+    def _read_snapshot(self, chunk: int) -> Iterator[dict[str, Any]]:
         with WorkerDB.connect(self.worker.config.dsn, "pgsight_worker_snapshot") as db:
-            db.conn.autocommit = False
-            db.conn.read_only = True
             if not db.snapshot_exists(self.job_id):
                 raise RuntimeError(f"job {self.job_id} has no snapshot of its rows (submitted by an older "
                                    "pgsight?); submit it again")
-            yield from db.snapshot_rows(self.job_id)
+            yield from db.snapshot_rows(self.job_id, chunk)
 
     def close_readers(self) -> None:
-        """Close the snapshot readers a training module left open (their connections hold a lock)."""
+        """Close the snapshot readers a training module left open."""
         for reader in self._readers:
             reader.close()
         self._readers.clear()
 
     def load_image(self, ref: Any) -> Image.Image:
-        """An image from a path/URL (str) or bytes; raises ImageError."""
+        """An image from a path/URL (str) or bytes, through the worker's loader; raises ImageError."""
         if isinstance(ref, (bytes, bytearray, memoryview)):
             return self.worker.loader.load(None, bytes(ref))
         return self.worker.loader.load(ref, None)
-
-    def load_images(self, refs: list[Any]) -> tuple[list[Image.Image], list[int], list[str]]:
-        """Loads what it can: (images, indices of those images, errors of the others)."""
-        images, ok, errors = [], [], []
-        for i, ref in enumerate(refs):
-            try:
-                images.append(self.load_image(ref))
-                ok.append(i)
-            except ImageError as e:
-                errors.append(f"row {i}: {e}")
-        return images, ok, errors
 
     def record_errors(self, errors: list[tuple[str, str]], column: str | None = None) -> None:
         """Per-row problems of this job (an unreadable training image ...): (row key, message) pairs
@@ -120,24 +127,19 @@ class JobContext:
         if errors:
             self.db.job_errors(self.job_id, [k for k, _ in errors], column, [e for _, e in errors])
 
+    # -- models -------------------------------------------------------------------------------
     def model(self, name: str):
-        """A registered model's adapter (for a `base` or `init` option)."""
+        """A registered model's adapter (loaded once per worker)."""
         return self.worker.models.get(self.conn, name)
 
     def model_info(self, name: str) -> ModelInfo | None:
         """A registered model (kind, source, options, info, version, ...), or None."""
         return self.db.model_info(name)
 
-    def model_exists(self, name: str) -> bool:
-        return self.model_info(name) is not None
-
-    def model_source_dir(self, name: str) -> str:
-        """A directory (or hub id) from which the registered model `name` can be loaded."""
-        self.worker.models.get(self.conn, name)
-        info = self.db.model_info(name)
-        if info is None:
-            raise RuntimeError(f"model {name!r} was dropped while the job ran")
-        return str(self.worker.models.directory(info)) if info.stored else (info.source or "")
+    def model_dir(self, name: str) -> str:
+        """A directory (or hub id) from which the registered model `name` can be loaded (its stored
+        files fetched into the worker's cache; no model is loaded)."""
+        return self.worker.models.files(self.conn, name) or ""
 
     # -- progress -----------------------------------------------------------------------------
     def progress(self, done: int | None = None, total: int | None = None, force: bool = False, **info: Any) -> None:
@@ -179,12 +181,10 @@ def run_job(worker: Worker, conn: psycopg.Connection, job: Job) -> None:
     started = time.monotonic()
     try:
         if job.kind == "train":
-            module = kind_module(job.params["kind"])
-            fn = getattr(module, "train", None)
+            fn = model_kind(job.params["kind"]).train_fn()
         else:
             info = db.model_info(job.model)
-            module = kind_module(info.kind) if info else None
-            fn = getattr(module, "evaluate", None)
+            fn = model_kind(info.kind).evaluate_fn() if info else None
         if fn is None:
             raise RuntimeError(f"this worker cannot run {job.kind} jobs for this model kind")
         result = fn(ctx) or {}
