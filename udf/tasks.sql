@@ -210,7 +210,7 @@ END $$;
 -- Build the task's HNSW index and check that it exists, is valid and indexes the result column
 -- before the task says 'ready'. A worker building a deferred index (ml_internal.build_pending_index) is
 -- not the table's owner, and only the owner may CREATE INDEX: it builds it as the owner
--- (ml_private._as_owner); the owner, an admin or a superuser builds it with its own rights, as before.
+-- (ml_private._as_owner); the owner (or a superuser) builds it with its own rights, as before.
 CREATE OR REPLACE FUNCTION ml_private._create_index(tid int) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_mem = '256MB' AS $$
 DECLARE
@@ -229,7 +229,8 @@ BEGIN
         t.index_name := ml_private._unique_index_name(t.table_name, t.result_col);
         UPDATE ml.tasks SET index_name = t.index_name WHERE id = tid;
     END IF;
-    IF ml_private._may_change(current_user, t.owner) THEN  -- the owner, an admin or a superuser: its own rights
+    IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = t.table_name), 'USAGE') THEN
+        -- the owner (or a superuser): with its own rights, as always
         EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
                        t.result_col, ml_private._vector_schema(), coalesce(storage, 'vector') ||
                        CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END);
@@ -244,11 +245,7 @@ BEGIN
         RAISE EXCEPTION 'pgsight: index % of %.% is missing or invalid after CREATE INDEX', t.index_name,
             t.table_name, t.result_col;
     END IF;
-    IF ml_private._may_change(current_user, t.owner) THEN
-        PERFORM ml_private._task_index_state(tid, current_user, 'ready');
-    ELSE  -- a worker (ml_internal.build_pending_index), which writes ml.tasks itself
-        UPDATE ml.tasks SET index_state = 'ready' WHERE id = tid;
-    END IF;
+    PERFORM ml_private._task_index_state(tid, current_user, 'ready');
 END $$;
 
 -- Worker: build one pending index whose backfill has no rows left. One transaction: a worker that
