@@ -74,6 +74,7 @@ BEGIN
                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.table_name));
             EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s.vector(%s) USING NULL',
                            t.table_name, t.result_col, ml_private._vector_schema(), new_dim);
+            PERFORM ml_private._result_storage(t.table_name, t.result_col);  -- a new type takes the type's storage
             IF new_dim <= 2000 AND t.index_state <> 'none' THEN
                 PERFORM ml_private._task_index_state(t.id, current_user, 'pending');
             END IF;

@@ -26,7 +26,8 @@ END $$;
 -- ml_owner function; the worker itself when it owns the table or has no such function). Only what
 -- the worker needs: op 'probe' (take the table's lock), 'read' (sources of keys, in order), 'write'
 -- (results of rows not held by anyone, whose source is unchanged: the keys written), 'unchanged'
--- (which of the indexes `ints` still have the source hash given), 'clear' (NULL the result of keys[1]).
+-- (which of the indexes `ints` still have the source hash given), 'clear' (NULL the result of keys[1]),
+-- 'index' (the task's HNSW index with pgvector's operator class keys[1]: ml_private._create_index).
 CREATE OR REPLACE FUNCTION ml_private._user_table_op(t ml.tasks, op text, keys text[] DEFAULT NULL, hashes text[] DEFAULT NULL,
                                              vecs vector[] DEFAULT NULL, answers text[] DEFAULT NULL,
                                              scores real[] DEFAULT NULL, ints int[] DEFAULT NULL)
@@ -80,6 +81,16 @@ BEGIN
                                           THEN format(', %I = NULL', t.result_col || '_score') ELSE '' END,
                        t.key_col, t.key_type, t.result_col)
         USING keys[1];
+    ELSIF op = 'index' THEN
+        -- only the task's own index name and column, and one of pgvector's HNSW operator classes
+        IF NOT coalesce(keys[1] = ANY (ARRAY['vector_l2_ops', 'vector_ip_ops', 'vector_cosine_ops', 'halfvec_l2_ops',
+                                             'halfvec_ip_ops', 'halfvec_cosine_ops']), false) THEN
+            RAISE EXCEPTION 'pgsight: % is not an HNSW operator class pgsight builds', coalesce(keys[1], 'NULL');
+        END IF;
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
+                       t.result_col, (SELECT quote_ident(n.nspname) FROM pg_extension e
+                                      JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'),
+                       keys[1]);
     ELSE
         RAISE EXCEPTION 'pgsight: unknown operation %', op;
     END IF;
