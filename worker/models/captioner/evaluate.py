@@ -13,6 +13,7 @@ when no image is left.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from pgsight.worker.images import ImageError
 from pgsight.worker.models import generation as g
 from pgsight.worker.models.captioner.metrics import caption_metrics
 from pgsight.worker.models.captioner.train import TEXT_COLUMNS
+from pgsight.worker.models.vilt import one_thread_if_small
 
 EVAL_KEYS = ("image_col", "text_col", "hypothesis_col", "prompt", "batch_size", "timeout", "meteor")
 
@@ -77,7 +79,8 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
     can_nll = hasattr(adapter, "reference_nll")
     skipped: list[tuple[str, str]] = []
     done = 0
-    with ThreadPoolExecutor(4, thread_name_prefix="pgsight-eval") as pool:
+    small = one_thread_if_small(adapter.model, ctx.device) if hasattr(adapter, "model") else contextlib.nullcontext()
+    with small, ThreadPoolExecutor(4, thread_name_prefix="pgsight-eval") as pool:
         for b in range(0, len(keys), batch):
             chunk = keys[b:b + batch]
 

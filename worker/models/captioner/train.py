@@ -33,6 +33,7 @@ import torch
 from pgsight.worker.images import ImageError
 from pgsight.worker.models.captioner import token_labels
 from pgsight.worker.models.captioner.build import build
+from pgsight.worker.models.vilt import one_thread_if_small
 from PIL import Image
 
 log = logging.getLogger("pgsight.worker.captioner")
@@ -202,6 +203,37 @@ def train(ctx) -> dict[str, Any]:
     stack = torch.stack(images)
     ids = torch.tensor(image_ids)
     train_started = time.monotonic()
+    with one_thread_if_small(model, device):
+        history, step = fit(ctx, model, checkpoints, (tokenizer, processor), stack, ids, labels, optimizer, schedule,
+                            (scale, mean_t, std_t), (start_epoch, epochs, step, history), seed, bs, train_started)
+
+    model.eval()
+    out_dir = Path(ctx.workdir) / "model"
+    model.to("cpu", torch.float32).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    metrics = {"loss": history[-1]["loss"] if history else None, "history": history, "steps": step, "rows": n,
+               "images": len(images), "skipped": skipped, "unreadable": unreadable,
+               "train_seconds": round(time.monotonic() - started, 2)}
+    info = {"encoder": model.config.encoder.model_type, "decoder": model.config.decoder.model_type,
+            "max_length": max_length, "image_size": list(size), "image_col": image_col, "text_col": text_col,
+            "metrics": metrics}
+    version = ctx.save_model(out_dir, None, info)
+    return {"version": version, "resumed_from_epoch": start_epoch, "checkpoints": checkpoints.written,
+            "checkpoint_seconds": round(checkpoints.seconds, 2), **metrics}
+
+
+def fit(ctx, model, checkpoints, parts, stack, ids, labels, optimizer, schedule, norm, span, seed: int, bs: int,
+        train_started: float) -> tuple[list[dict[str, Any]], int]:
+    """The epochs from span's start (a resumed job's next) to its end; returns (history, steps)."""
+    tokenizer, processor = parts
+    scale, mean_t, std_t = norm
+    start_epoch, epochs, step, history = span
+    device = ctx.device
+    n = len(ids)
+    per_epoch = (n + bs - 1) // bs
+    total = per_epoch * epochs
+    params = [p for p in model.parameters() if p.requires_grad]
     loss_ema = None
     for epoch in range(start_epoch, epochs):
         torch.manual_seed(seed + epoch)
@@ -231,17 +263,4 @@ def train(ctx) -> dict[str, Any]:
                 "epoch": epoch + 1, "step": step, "history": history,
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()})
 
-    model.eval()
-    out_dir = Path(ctx.workdir) / "model"
-    model.to("cpu", torch.float32).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    metrics = {"loss": history[-1]["loss"] if history else None, "history": history, "steps": step, "rows": n,
-               "images": len(images), "skipped": skipped, "unreadable": unreadable,
-               "train_seconds": round(time.monotonic() - started, 2)}
-    info = {"encoder": model.config.encoder.model_type, "decoder": model.config.decoder.model_type,
-            "max_length": max_length, "image_size": list(size), "image_col": image_col, "text_col": text_col,
-            "metrics": metrics}
-    version = ctx.save_model(out_dir, None, info)
-    return {"version": version, "resumed_from_epoch": start_epoch, "checkpoints": checkpoints.written,
-            "checkpoint_seconds": round(checkpoints.seconds, 2), **metrics}
+    return history, step
