@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import tiny_captioner
 from conftest import wait_for
-from pgsight.worker.models.captioner.metrics import caption_metrics, java
+from pgsight.worker.kit.captions import caption_metrics, java
 
 from pgsight import datasets
 from pgsight.testing import running_worker

@@ -18,7 +18,7 @@ def build(directory: Path, seed: int = 0) -> Path:
     from pgsight.worker.models.captioner.build import build as make
 
     torch.manual_seed(seed)
-    model, tokenizer, processor = make({"encoder": ENCODER, "decoder": DECODER}, COMMENTS * 3, str,
+    model, tokenizer, processor = make({"encoder": ENCODER, "decoder": DECODER}, COMMENTS * 3, lambda ref, what: ref,
                                        directory.parent / f"{directory.name}-work")
     with torch.no_grad():  # larger weights than the default init: greedy texts differ per image
         for p in model.parameters():

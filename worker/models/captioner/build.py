@@ -1,14 +1,15 @@
 """Making a captioner to train: a VisionEncoderDecoderModel from an encoder and a decoder, each a
 directory, hub id or registered model (pre-trained weights) or a JSON config (from scratch), or a
-whole captioner (`base`) to fine-tune. No database here: `resolve(ref)` turns a registered model's
-name into its directory.
+whole captioner (`base`) to fine-tune. No database here: `resolve(ref, what)` turns a registered model's
+name into its directory (what: the option, for messages).
 
 Options (ml.build_model's, see udf/kinds.sql):
 - `encoder`: "google/vit-base-patch16-224-in21k" | a directory | a registered model (clip: its vision
-  tower; captioner: its encoder) | {"model_type": "vit" (default) | "swin" | "beit" | "deit" |
-  "clip_vision_model", ...config fields}.
-- `decoder`: "gpt2" | a directory | {"model_type": "gpt2" (default), ...GPT2Config fields}; cross-attention
-  is added (`add_cross_attention`), new cross-attention weights start random.
+  tower; captioner: its encoder; dual_encoder: what AutoModel opens of it) | {"model_type": "vit"
+  (default) | "swin" | "beit" | "deit" | "clip_vision_model", ...config fields}.
+- `decoder`: "gpt2" | a directory | a registered captioner (its decoder) | {"model_type": "gpt2"
+  (default), ...GPT2Config fields}; cross-attention is added (`add_cross_attention`), new
+  cross-attention weights start random.
 - `base`: a captioner (registered, directory or hub id) to fine-tune instead of encoder + decoder.
 - `tokenizer`: a directory or hub id; default: the decoder's (or base's); for a decoder from a config,
   a byte-level BPE (GPT-2's kind) trained on the training comments, `vocab_size` of the config
@@ -44,7 +45,7 @@ def _config_fields(value: dict[str, Any], default_type: str, what: str) -> tuple
     return model_type, fields
 
 
-def vision_encoder(ref: str | dict[str, Any], resolve: Callable[[str], str], image_size: int | None):
+def vision_encoder(ref: str | dict[str, Any], resolve: Callable[[str, str], str], image_size: int | None):
     """(encoder model, image processor or None) from a reference or a config."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel, VisionEncoderDecoderModel
 
@@ -59,7 +60,7 @@ def vision_encoder(ref: str | dict[str, Any], resolve: Callable[[str], str], ima
         if model_type == "clip":
             cfg = cfg.vision_config
         return AutoModel.from_config(cfg), None
-    source = resolve(str(ref))
+    source = resolve(str(ref), "encoder")
     cfg = AutoConfig.from_pretrained(source)
     if cfg.model_type == "vision-encoder-decoder":
         model = VisionEncoderDecoderModel.from_pretrained(source).encoder
@@ -74,9 +75,9 @@ def vision_encoder(ref: str | dict[str, Any], resolve: Callable[[str], str], ima
     return model, processor
 
 
-def text_decoder(ref: str | dict[str, Any], resolve: Callable[[str], str], tokenizer):
+def text_decoder(ref: str | dict[str, Any], resolve: Callable[[str, str], str], tokenizer):
     """The decoder with cross-attention: pre-trained (ref) or new from a config (sized to `tokenizer`)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, VisionEncoderDecoderModel
 
     if isinstance(ref, dict):
         model_type, fields = _config_fields(ref, "gpt2", "decoder")
@@ -87,7 +88,10 @@ def text_decoder(ref: str | dict[str, Any], resolve: Callable[[str], str], token
         except (ValueError, TypeError) as e:
             raise ValueError(f"option decoder is not a valid {model_type} config: {e}") from None
         return AutoModelForCausalLM.from_config(cfg)
-    return AutoModelForCausalLM.from_pretrained(resolve(str(ref)), is_decoder=True, add_cross_attention=True)
+    source = resolve(str(ref), "decoder")
+    if AutoConfig.from_pretrained(source).model_type == "vision-encoder-decoder":
+        return VisionEncoderDecoderModel.from_pretrained(source).decoder
+    return AutoModelForCausalLM.from_pretrained(source, is_decoder=True, add_cross_attention=True)
 
 
 def default_processor(encoder):
@@ -99,29 +103,32 @@ def default_processor(encoder):
     return ViTImageProcessorPil(size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def build(opts: dict[str, Any], texts: list[str], resolve: Callable[[str], str], workdir: Path):
-    """(model, tokenizer, image processor) to train, from the options."""
-    from pgsight.worker.models.captioner import load_parts
+def build(opts: dict[str, Any], texts: list[str], resolve: Callable[[str, str], str], workdir: Path, tokenizer=None):
+    """(model, tokenizer, image processor) to train, from the options; `tokenizer`: the one a
+    resumed job had (else made here as the options say)."""
+    from pgsight.worker.models.captioner.adapter import load_parts
     from transformers import AutoTokenizer, VisionEncoderDecoderModel
 
     base, enc_ref, dec_ref, tok_ref = opts.get("base"), opts.get("encoder"), opts.get("decoder"), opts.get("tokenizer")
     if base and (enc_ref or dec_ref):
         raise ValueError("give either base (a captioner to fine-tune) or encoder and decoder, not both")
     if base:
-        model, tokenizer, processor = load_parts(resolve(str(base)))
         if tok_ref:
             raise ValueError("option tokenizer cannot change a base captioner's tokenizer")
-        return finish(model, tokenizer), tokenizer, processor
+        model, base_tokenizer, processor = load_parts(resolve(str(base), "base"))
+        return finish(model, tokenizer or base_tokenizer), tokenizer or base_tokenizer, processor
     if not enc_ref or not dec_ref:
         raise ValueError('captioner training needs an encoder and a decoder: each a hub id, a directory, a registered '
                          'model or a config, e.g. {"encoder": {"model_type": "vit", "hidden_size": 32, ...}, '
                          '"decoder": {"model_type": "gpt2", "n_embd": 32, ...}}; or a base captioner to fine-tune')
-    if tok_ref:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(str(tok_ref)))
+    if tokenizer is not None:
+        pass
+    elif tok_ref:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(str(tok_ref), "tokenizer"))
     elif isinstance(dec_ref, dict):
         tokenizer = bpe_tokenizer(texts, int(dec_ref.get("vocab_size", 1000)), workdir / "bpe")
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve(str(dec_ref)))
+        tokenizer = AutoTokenizer.from_pretrained(resolve(str(dec_ref), "decoder"))
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no end-of-text token (eos_token)")
     if tokenizer.pad_token_id is None:

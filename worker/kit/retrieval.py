@@ -13,7 +13,8 @@ from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
-from pgsight.worker.models.pairs import load_images, read_pairs
+from pgsight.worker.kit.images import ImageTable
+from pgsight.worker.kit.pairs import keep_loaded, read_pairs
 
 OPTIONS = {"image_col", "text_col", "ks", "group_col", "timeout"}
 CHUNK = 512
@@ -71,28 +72,27 @@ def _check_options(options: dict[str, Any]) -> list[int]:
     return sorted(set(ks))
 
 
-def evaluate_retrieval(ctx) -> dict[str, Any]:
+def evaluate(ctx) -> dict[str, Any]:
+    """ml.evaluate_retrieval for any model whose adapter embeds images and texts."""
     if ctx.params.get("what") != "retrieval":
-        raise ValueError(f"{ctx.job['model']} is a dual encoder: evaluate it with ml.evaluate_retrieval")
+        raise ValueError(f"{ctx.model_name} is a dual encoder: evaluate it with ml.evaluate_retrieval")
     options = ctx.options
     ks = _check_options(options)
-    adapter = ctx.model(ctx.job["model"])
-    pairs = read_pairs(
-        ctx, options.get("image_col", "image_path"), options.get("text_col", "text"), options.get("group_col")
-    )
+    adapter = ctx.model(ctx.model_name)
+    image_col = options.get("image_col", "image_path")
+    pairs = read_pairs(ctx, image_col, options.get("text_col", "text"), options.get("group_col"))
     total = len(pairs)
     vectors, kept = [], []
     step = max(adapter.batch_size, 256)
-    for start in range(0, total, step):
-        arrays, errors = load_images(ctx, pairs.refs[start : start + step], adapter.preprocess)
-        for e in errors:
-            pairs.skip(e)
-        ok = [i for i, a in enumerate(arrays) if a is not None]
-        if ok:
-            vectors.append(adapter.embed_images([arrays[i] for i in ok]))
-            kept += [start + i for i in ok]
-        ctx.progress(done=min(start + step, total), total=total, stage="images")
-    pairs.keep(kept)
+    with ImageTable(ctx, adapter.preprocess, column=image_col, store=False) as table:
+        for start in range(0, total, step):
+            arrays = table.add(pairs.refs[start : start + step], pairs.keys[start : start + step])
+            ok = [i for i, a in enumerate(arrays) if a is not None]
+            if ok:
+                vectors.append(adapter.embed_images([arrays[i] for i in ok]))
+                kept += [start + i for i in ok]
+            ctx.progress(done=min(start + step, total), total=total, stage="images")
+    keep_loaded(pairs, kept, table.skipped, table.errors)
     if len(pairs) < 2:
         raise ValueError(
             f"need at least 2 pairs to evaluate, got {len(pairs)} ({pairs.skipped} rows skipped)"

@@ -105,7 +105,7 @@ class Blip2Adapter(Adapter):
     def generate(self, items: list[torch.Tensor], prompt: str | None, opts: dict[str, Any]) -> list[tuple[str, float]]:
         """Captioning (ml.generate, ml.create_generation): the text generated after the image and the
         prompt as it is (no question template; none: the BOS token alone, as Blip2 generate() does)."""
-        from pgsight.worker.models import generation as g
+        from pgsight.worker.kit import generation as g
 
         with self._tok_lock:
             ids = self.tokenizer(prompt)["input_ids"] if prompt else [self.model.config.text_config.bos_token_id]
@@ -128,22 +128,6 @@ class Blip2Adapter(Adapter):
     def answer(self, items: list[torch.Tensor], questions: list[str], k: int) -> list[list[tuple[str, float]]]:
         if len(items) != len(questions):
             raise ValueError(f"{len(items)} images but {len(questions)} questions")
-        from pgsight.worker.models import generation as g
-
-        if any(g.is_spec(q) for q in questions):  # a generation column (ml.create_generation)
-            out: list[list[tuple[str, float]]] = [[] for _ in items]
-            groups: dict[str, list[int]] = {}
-            for i, q in enumerate(questions):
-                groups.setdefault(q, []).append(i)
-            for q, idx in groups.items():
-                if not g.is_spec(q):
-                    for i, r in zip(idx, self.answer([items[i] for i in idx], [q] * len(idx), k)):
-                        out[i] = r
-                    continue
-                spec = g.parse_spec(q)
-                for i, (text, score) in zip(idx, self.generate([items[i] for i in idx], spec.prompt, spec.opts)):
-                    out[i] = [(text, score)]  # an empty text too: the column says ''
-            return out
         out: list[list[tuple[str, float]]] = [[] for _ in items]
         todo = [i for i, q in enumerate(questions) if q is not None and str(q).strip()]
         k = max(1, int(k))
@@ -173,18 +157,3 @@ class Blip2Adapter(Adapter):
                         ranked.append((text, float(p)))
                 out[i] = ranked
         return out
-
-
-ADAPTER = Blip2Adapter
-
-
-def evaluate(ctx) -> dict[str, Any]:
-    """ml.evaluate_vqa for generated answers (pgsight.worker.models.vqa); ml.evaluate_generation for
-    captions (pgsight.worker.models.captioner.evaluate)."""
-    if ctx.params.get("what") == "generation":
-        from pgsight.worker.models.captioner.evaluate import evaluate as captions
-
-        return captions(ctx)
-    from pgsight.worker.models.vqa import evaluate as run
-
-    return run(ctx)
