@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgsight.worker.images import ImageError, ImageLoader
-from pgsight.worker.kit import generation
 from pgsight.worker.loaders import LoaderPool
-from pgsight.worker.models import Adapter
+from pgsight.worker.models import Adapter, generation
 from pgsight.worker.registry import ModelCache, ModelLoadError
 from psycopg.rows import dict_row
 

@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageError, ImageLoader
-from pgsight.worker.kit import generation
+from pgsight.worker.models import generation
 from pgsight.worker.models.clip.zeroshot import check, ranked
 from pgsight.worker.registry import ModelCache
 
@@ -150,8 +150,6 @@ class RpcServer:
         """Text from images: one batched generate() per (prompt, options) among the requests."""
         out: dict[int, tuple] = {}
         adapter = self.models.get(conn, model, reqs[0][3].get("version"))
-        if not hasattr(adapter, "generate"):
-            raise ValueError(f"model {model!r} ({adapter.kind}) does not generate text")
         groups: dict[generation.Spec, list[tuple[int, Any]]] = defaultdict(list)
         for rid, _, _, payload, image in reqs:
             try:
