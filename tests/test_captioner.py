@@ -127,7 +127,7 @@ def test_meteor_with_java():
 def test_killed_worker_resumes_from_checkpoint(dsn, comments, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE ml.settings SET value = '1 second' WHERE key = 'worker_timeout'")
-        job = build(conn, "resumed", {**OPTIONS, "encoder": tiny_captioner.ENCODER, "max_epochs": 30, "batch_size": 4})
+        job = build(conn, "resumed", {**OPTIONS, "encoder": tiny_captioner.ENCODER, "max_epochs": 30})
         kill_worker_after_checkpoint(conn, dsn, job, comments, tmp_path)
         first = job_row(conn, job)
         assert first["status"] == "running" and first["progress"]["epoch"] < 30, first
