@@ -75,6 +75,8 @@ def test_train_generate_evaluate(dsn, comments, tmp_path):
         for path, label in rows:
             text = conn.execute("SELECT ml.generate('cap', %s)", (path,)).fetchone()[0]
             right += NAMES[label] in text.split()
+        print(f"captioner: {right}/{len(rows)} training images named right; "
+              f"trained in {j['result']['train_seconds']} s ({j['result']['steps']} steps)")
         assert right >= 0.75 * len(rows), right  # chance: 1/3
 
         # evaluation: references grouped by image; perfect hypotheses score BLEU 1
@@ -85,6 +87,7 @@ def test_train_generate_evaluate(dsn, comments, tmp_path):
         assert set(got) >= {"bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "perplexity", "distinct_1",
                             "distinct_2", "mean_length", "images"}
         assert got["images"][0] == 12 and got["references"][0] == 24
+        print("evaluate_generation:", {m: round(v, 4) for m, (v, _) in got.items() if v is not None})
         assert 0.3 < got["bleu_1"][0] <= 1 and 1 <= got["perplexity"][0] < 20
         assert got["meteor"] == (None, "not computed: option meteor is false")
         # the model's own texts as hypotheses give the same numbers as generating them
