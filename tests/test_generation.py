@@ -189,7 +189,16 @@ def test_blip2_captions_through_generate(dsn, image_dir, tmp_path):
     want_p = processor.tokenizer.decode(out[0, prompted["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [image_dir]):
         conn.execute("SELECT ml.load_model('b2', 'blip2', %s)", (str(blip_dir),))
-        assert conn.execute("SELECT ml.generate('b2', %s)", (str(path),)).fetchone()[0] == (want)
+        assert conn.execute("SELECT ml.generate('b2', %s)", (str(path),)).fetchone()[0] == want
         got = conn.execute("SELECT ml.generate('b2', %s, 'a photo of', '{\"max_new_tokens\": 5, \"num_beams\": 2}')",
                            (str(path),)).fetchone()[0]
-        assert got == (want_p)
+        assert got == want_p
+        # ml.evaluate_generation groups the references by image; blip2 has no perplexity (NULL, with the reason)
+        conn.execute("CREATE TABLE refs (id int PRIMARY KEY, image_path text, caption text)")
+        conn.execute("INSERT INTO refs VALUES (1, %s, 'a red shirt'), (2, %s, 'a photo'), (3, 'missing.png', 'x')",
+                     (str(path), str(path)))
+        got = {m: (v, note) for m, v, note in conn.execute(
+            "SELECT * FROM ml.evaluate_generation('b2', 'SELECT id, image_path, caption FROM refs', '{\"meteor\": false}')")}
+        assert got["images"][0] == 1 and got["references"][0] == 2
+        assert got["perplexity"] == (None, "not computed for blip2 models")
+        assert conn.execute("SELECT count(*) FROM ml.errors WHERE row_key = '3'").fetchone()[0] == 1
