@@ -18,7 +18,7 @@ from pgsight.testing import running_worker
 
 NAMES = {0: "zero", 1: "one", 7: "seven"}
 TEMPLATES = ["a handwritten {}", "that looks like a {}"]
-OPTIONS = {"encoder": {**tiny_captioner.ENCODER, "hidden_size": 64, "intermediate_size": 128},
+OPTIONS = {"encoder": {**tiny_captioner.ENCODER, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4},
            "decoder": tiny_captioner.DECODER, "batch_size": 8, "max_epochs": 60, "learning_rate": 3e-3, "max_length": 8}
 
 
