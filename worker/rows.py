@@ -147,7 +147,7 @@ class RowProcessor:
                 for i, vec in zip(ok, out):
                     batch.results[i] = vec
             elif generation.is_spec(batch.task.question):  # ml.create_generation: text, score
-                spec = generation.parse_spec(batch.task.question)
+                spec = generation.parse_spec(batch.task.question or "")
                 for i, pair in zip(ok, batch.adapter.generate(items, spec.prompt, spec.opts)):
                     batch.results[i] = pair
             else:

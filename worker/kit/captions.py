@@ -176,9 +176,9 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
     hyps: dict[str, str] = {}
     sources: dict[str, Any] = {}
     row_keys: dict[str, list[str]] = {}
-    cols: tuple[str, str, str | None] | None = None
+    cols: tuple[Any, Any, Any] = (None, None, None)
     for n, row in enumerate(ctx.rows()):
-        if cols is None:
+        if cols[0] is None:
             image_col = opts.get("image_col") or info.get("image_col") or trained.get("image_col") or "image_path"
             text_col = (opts.get("text_col") or info.get("text_col") or trained.get("text_col")
                         or next((c for c in TEXT_COLUMNS if c in row), None))

@@ -42,21 +42,21 @@ class CaptionerAdapter(Adapter):
         info = (options or {}).get("_info") or {}
         self.max_new_tokens = int(info.get("max_length") or DEFAULT_MAX_NEW_TOKENS)
         cfg = model.config
-        self.start_id = getattr(cfg, "decoder_start_token_id", None)
-        if self.start_id is None:
-            self.start_id = getattr(model.generation_config, "decoder_start_token_id", None)
-        if self.start_id is None:
-            self.start_id = tokenizer.bos_token_id
-        if self.start_id is None:
+        start = getattr(cfg, "decoder_start_token_id", None)
+        if start is None:
+            start = getattr(model.generation_config, "decoder_start_token_id", None)
+        if start is None:
+            start = tokenizer.bos_token_id
+        if start is None:
             raise ValueError("the captioner has no decoder_start_token_id (and its tokenizer no bos token)")
+        self.start_id: int = int(start)
         self.eos_id = model.generation_config.eos_token_id or tokenizer.eos_token_id
         if isinstance(self.eos_id, list):
             self.eos_id = self.eos_id[0]
-        self.pad_id = getattr(cfg, "pad_token_id", None)
-        if self.pad_id is None:
-            self.pad_id = tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.eos_id
+        pad = getattr(cfg, "pad_token_id", None)
+        if pad is None:
+            pad = tokenizer.pad_token_id
+        self.pad_id: int = int(pad if pad is not None else self.eos_id)
         self._tok_lock = threading.Lock()
 
     @classmethod
@@ -76,7 +76,7 @@ class CaptionerAdapter(Adapter):
         return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
     def prompt_ids(self, prompt: str | None) -> list[int]:
-        ids = [int(self.start_id)]
+        ids = [self.start_id]
         if prompt:
             with self._tok_lock:
                 ids += self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -105,8 +105,8 @@ class CaptionerAdapter(Adapter):
             pixels = torch.stack(items[b:b + self.batch_size]).to(self.device, next(self.model.parameters()).dtype)
             labels = token_labels(self.tokenizer, texts[b:b + self.batch_size], self.eos_id, None, self._tok_lock)
             labels = labels.to(self.device)
-            decoder_in = torch.cat([torch.full_like(labels[:, :1], int(self.start_id)), labels[:, :-1]], 1)
-            decoder_in = decoder_in.masked_fill(decoder_in == -100, int(self.pad_id))
+            decoder_in = torch.cat([torch.full_like(labels[:, :1], self.start_id), labels[:, :-1]], 1)
+            decoder_in = decoder_in.masked_fill(decoder_in == -100, self.pad_id)
             with torch.inference_mode():
                 logits = self.model(pixel_values=pixels, decoder_input_ids=decoder_in).logits.float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")

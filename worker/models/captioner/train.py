@@ -78,8 +78,8 @@ def processor_geometry(processor) -> tuple[tuple[int, int], int, float, list[flo
     """(width, height), resample, rescale factor, mean, std of an image processor."""
     size = processor.size
     get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    h = get("height") or get("shortest_edge")
-    w = get("width") or get("shortest_edge")
+    h: Any = get("height") or get("shortest_edge")
+    w: Any = get("width") or get("shortest_edge")
     scale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
     normalize = getattr(processor, "do_normalize", True)
     mean = list(processor.image_mean) if normalize else [0.0] * 3
@@ -144,7 +144,7 @@ def train(ctx) -> dict[str, Any]:
             return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
         refs = list(dict.fromkeys(r[1] for r in rows))
-        first_key = {}
+        first_key: dict[Any, str] = {}
         for key, ref, _ in rows:
             first_key.setdefault(ref, key)
         table = load_images(ctx, refs, pixels, keys=[first_key[r] for r in refs], column=image_col)
