@@ -21,6 +21,11 @@ INSERT INTO ml.model_kinds (kind, modalities, outputs, metric, train_options, de
    "warmup_ratio": 0.0}',
  'ViLT visual question answering (ViltForQuestionAnswering): answers from the checkpoint''s labels'),
 ('blip2', '{image,text}', 'answer', 'cosine', NULL,
- 'BLIP-2 generative visual question answering (Blip2ForConditionalGeneration), prompt "Question: {} Answer:"')
+ 'BLIP-2 generative visual question answering (Blip2ForConditionalGeneration), prompt "Question: {} Answer:"; captions through ml.generate'),
+('captioner', '{image}', 'answer', 'cosine',
+ '{"encoder": null, "decoder": null, "base": null, "tokenizer": null, "image_size": null, "image_col": "image_path",
+   "text_col": null, "batch_size": 16, "max_epochs": 3, "learning_rate": 5e-5, "weight_decay": 0.0,
+   "warmup_ratio": 0.0, "max_length": 32, "freeze_encoder": false, "seed": 0, "overwrite": false}',
+ 'generative image commenting (VisionEncoderDecoderModel: a vision encoder and a GPT-2-style decoder): text through ml.generate and ml.create_generation')
 ON CONFLICT (kind) DO UPDATE SET modalities = EXCLUDED.modalities, outputs = EXCLUDED.outputs,
     metric = EXCLUDED.metric, train_options = EXCLUDED.train_options, description = EXCLUDED.description;

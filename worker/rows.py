@@ -15,7 +15,7 @@ import psycopg
 from pgsight.worker.db import ClaimedRow, TaskInfo, WorkerDB
 from pgsight.worker.images import ImageError, ImageLoader
 from pgsight.worker.loaders import LoaderPool
-from pgsight.worker.models import Adapter
+from pgsight.worker.models import Adapter, generation
 from pgsight.worker.registry import ModelCache, ModelLoadError
 
 log = logging.getLogger("pgsight.worker")
@@ -148,6 +148,10 @@ class RowProcessor:
                     raise ValueError("the model produced NaN or infinite values")
                 for i, vec in zip(ok, out):
                     batch.results[i] = vec
+            elif generation.is_spec(batch.task.question):  # ml.create_generation: text, score
+                spec = generation.parse_spec(batch.task.question or "")
+                for i, pair in zip(ok, batch.adapter.generate(items, spec.prompt, spec.opts)):
+                    batch.results[i] = pair
             else:
                 answers = batch.adapter.answer(items, [batch.task.question or ""] * len(items), 1)
                 for i, ranked in zip(ok, answers):

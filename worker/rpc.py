@@ -1,4 +1,4 @@
-"""Query-time requests (ml.embed_image, ml.embed_text, ml.answer, ml.classify, ml.load_model's describe),
+"""Query-time requests (ml.embed_image, ml.embed_text, ml.answer, ml.classify, ml.generate, ml.load_model's describe),
 served on a thread of their own so that a long backfill never delays a search."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 from pgsight.worker.db import RpcReply, RpcRequest, WorkerDB
 from pgsight.worker.images import ImageError, ImageLoader
+from pgsight.worker.models import generation
 from pgsight.worker.models.clip.zeroshot import check, ranked
 from pgsight.worker.registry import ModelCache
 
@@ -66,6 +67,8 @@ class RpcServer:
                     replies.update(self._answers(db, model, reqs))
                 elif op == "classify":
                     replies.update(self._classify(db, model, reqs))
+                elif op == "generate":
+                    replies.update(self._generate(db, model, reqs))
                 else:
                     raise ValueError(f"unknown request {op!r}")
             except Exception as e:  # the group failed: every caller in it gets the reason
@@ -136,4 +139,20 @@ class RpcServer:
             probs = adapter.classify([x for _, x in items], labels, template)
             for (rid, _), row in zip(items, ranked(probs, labels)):
                 out[rid] = RpcReply(response=[{"label": a, "score": s} for a, s in row])
+        return out
+
+    def _generate(self, db: WorkerDB, model: str, reqs: list[RpcRequest]) -> dict[int, RpcReply]:
+        """Text from images: one batched generate() per (prompt, options) among the requests."""
+        out: dict[int, RpcReply] = {}
+        adapter = self.models.get(db, model, reqs[0].payload.get("version"))
+        groups: dict[generation.Spec, list[tuple[int, Any]]] = defaultdict(list)
+        for req in reqs:
+            try:
+                spec = generation.make_spec(req.payload.get("prompt"), req.payload.get("options"))
+                groups[spec].append((req.id, self._load(adapter, req)))
+            except (ImageError, ValueError) as e:
+                out[req.id] = RpcReply(error=str(e))
+        for spec, items in groups.items():
+            for (rid, _), (text, score) in zip(items, adapter.generate([x for _, x in items], spec.prompt, spec.opts)):
+                out[rid] = RpcReply(response={"text": text, "score": score})
         return out
