@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,29 @@ def plain_processes(folder: Path, names: list[str], batch: int, pool) -> np.ndar
     return np.concatenate([l2_normalize(np.stack(feats[i:i + batch])) for i in range(0, len(feats), batch)])
 
 
-def through_db(dsn: str, folder: Path, names: list[str], batch: int, index: str, loaders: int = 2) -> float:
+def cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU seconds of processes on this machine, from /proc (0 where unreadable)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def cpu_snapshot(conn, worker) -> dict[str, float]:
+    """CPU seconds so far: the worker's loader processes, the database's backends, this process
+    (the worker's threads and the COPY client): where the time goes, whatever the machine's load."""
+    pool = worker.rows.loaders._pool
+    backends = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    return {"loader processes": cpu_seconds(list(pool._processes) if pool is not None else []),
+            "postgres backends": cpu_seconds(backends), "worker process": time.process_time()}
+
+
+def through_db(dsn: str, folder: Path, names: list[str], batch: int, index: str, loaders: int = 2,
+               cpu: list | None = None) -> float:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS imgs")
         conn.execute("SELECT ml.drop_model('px') FROM ml.models WHERE name = 'px'")
@@ -80,6 +103,7 @@ def through_db(dsn: str, folder: Path, names: list[str], batch: int, index: str,
             conn.execute("SELECT ml.drop_embedding('imgs', 'embedding')")
             conn.execute("DELETE FROM imgs")
             worker.rows.seconds.clear()
+            cpu0 = cpu_snapshot(conn, worker)
             with Timer() as t:
                 with conn.cursor().copy("COPY imgs (id, path) FROM STDIN") as cp:
                     for i, name in enumerate(names):
@@ -87,7 +111,10 @@ def through_db(dsn: str, folder: Path, names: list[str], batch: int, index: str,
                 # rows inserted before the column exists → a backfill job; measure insert+backfill
                 job = conn.execute("SELECT ml.create_embedding('imgs', 'px', 'path')").fetchone()[0]
                 status = conn.execute("SELECT ml.wait(%s)", (job,)).fetchone()[0]
+            cpu1 = cpu_snapshot(conn, worker)
             assert status == "done", status
+            if cpu is not None:
+                cpu.append({k: round((cpu1[k] - cpu0[k]) * 1000 / len(names), 3) for k in cpu0})
         print(f"  worker stage seconds ({index=}):", {k: round(v, 2) for k, v in worker.rows.seconds.items()}, flush=True)
         missing = conn.execute("SELECT count(*) FROM imgs WHERE embedding IS NULL").fetchone()[0]
         assert missing == 0, f"{missing} rows without embedding"
@@ -103,6 +130,8 @@ def main() -> None:
     args = ap.parse_args()
     procs = len(os.sched_getaffinity(0))
     runs: dict[str, list[float]] = {"plain": [], "plain_mp": [], "db": []}
+    cpu: list[dict[str, float]] = []
+    plain_cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, bench_database() as dsn, \
             multiprocessing.get_context("forkserver").Pool(procs) as pool:
         folder = Path(tmp)
@@ -110,13 +139,15 @@ def main() -> None:
         plain_loop(folder, names[:500], args.batch)  # warm the page cache and imports
         plain_processes(folder, names[:500], args.batch, pool)
         for _ in range(args.rounds):  # interleaved: the machine's load drifts
+            c0 = time.process_time()
             with Timer() as t:
                 plain_loop(folder, names, args.batch)
             runs["plain"].append(args.rows / t.seconds)
+            plain_cpu.append((time.process_time() - c0) * 1000 / args.rows)
             with Timer() as t:
                 plain_processes(folder, names, args.batch, pool)
             runs["plain_mp"].append(args.rows / t.seconds)
-            runs["db"].append(args.rows / through_db(dsn, folder, names, args.batch, "off", args.loaders))
+            runs["db"].append(args.rows / through_db(dsn, folder, names, args.batch, "off", args.loaders, cpu))
         full_s = through_db(dsn, folder, names, args.batch, "auto", args.loaders)
     med = {k: statistics.median(v) for k, v in runs.items()}
     best = max(med["plain"], med["plain_mp"])
@@ -127,13 +158,16 @@ def main() -> None:
               "ratio_db_over_plain": round(db_rps / plain_rps, 3),
               "ratio_db_over_plain_processes": round(db_rps / mp_rps, 3),
               "db_with_hnsw_rows_per_s": round(full_rps), "hnsw_build_s": round(full_s - args.rows / db_rps, 2),
-              "runs": {k: [round(x) for x in v] for k, v in runs.items()}}
+              "runs": {k: [round(x) for x in v] for k, v in runs.items()},
+              "cpu_s_per_1000_rows": {"plain loop": round(statistics.median(plain_cpu), 3),
+                                      **{k: round(statistics.median(c[k] for c in cpu), 3) for k in cpu[0]}}}
     print(f"rows/s, medians of {args.rounds} interleaved rounds (per round: {result['runs']})")
     print(f"plain loop            : {plain_rps:8.0f} rows/s  (PIL open + grey + resize + normalise, no DB)")
     print(f"plain, {procs} processes   : {mp_rps:8.0f} rows/s  (the same in multiprocessing.Pool)")
     print(f"through DB            : {db_rps:8.0f} rows/s  (COPY + queue + claim + load + compute + write)")
     print(f"ratio                 : {db_rps / best:.2f}x of the best plain loop (goal >= 0.9x); "
           f"{db_rps / plain_rps:.2f}x of one process, {db_rps / mp_rps:.2f}x of {procs} processes")
+    print(f"CPU seconds per 1000 rows (medians): {result['cpu_s_per_1000_rows']}")
     print(f"through DB + HNSW     : {full_rps:8.0f} rows/s  (the same, plus building the HNSW index at the end)")
     save("pipeline", result)
 

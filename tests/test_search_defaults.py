@@ -25,6 +25,13 @@ def test_migrate_installs_search_settings_and_keeps_the_owners_own(dsn):
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "300"
         assert conn.execute("SHOW hnsw.iterative_scan").fetchone()[0] == "strict_order"
+        # a value an earlier pgsight migrate installed (not the owner's) is brought up to date
+        conn.execute(psycopg.sql.SQL("ALTER DATABASE {} SET hnsw.ef_search = 200").format(
+            psycopg.sql.Identifier(conn.info.dbname)))
+    with psycopg.connect(dsn) as conn:
+        assert search.install(conn) == {"hnsw.ef_search": search.SETTINGS["hnsw.ef_search"]} != {"hnsw.ef_search": "200"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == search.SETTINGS["hnsw.ef_search"]
         # opting out: nothing is set on a database that says so
         db = psycopg.sql.Identifier(conn.info.dbname)
         conn.execute(psycopg.sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
