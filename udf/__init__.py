@@ -8,9 +8,9 @@ from __future__ import annotations
 from importlib import resources
 
 #: Idempotent files, in the order they are applied (later files call functions of earlier ones).
-FUNCTION_FILES = ("kinds.sql", "util.sql", "security.sql", "options.sql", "models.sql", "ddl.sql", "tasks.sql",
+FUNCTION_FILES = ("internal.sql", "kinds.sql", "util.sql", "security.sql", "options.sql", "models.sql", "ddl.sql", "tasks.sql",
                   "owner.sql", "queue.sql", "jobs.sql", "rpc.sql", "classify.sql", "worker.sql", "training.sql", "status.sql",
-                  "privileges.sql")
+                  "reference.sql", "privileges.sql")
 
 
 def read(name: str) -> str:
