@@ -183,7 +183,8 @@ def through_db(dsn: str, folder: Path, names: list[str], model: str, clip_dir: P
             # one row first: the worker loads the model and starts its loaders before the clock starts
             # (the plain loop's process pool is warm too)
             conn.execute("INSERT INTO photos VALUES (-1, %s)", (names[0],))
-            conn.execute("SELECT ml.wait(ml.create_embedding('photos', 'm', 'path'))")
+            job = conn.execute("SELECT ml.create_embedding('photos', 'm', 'path')").fetchone()[0]
+            conn.execute("SELECT ml.wait(%s)", (job,))
             conn.execute("SELECT ml.drop_embedding('photos', 'embedding')")
             conn.execute("DELETE FROM photos")
             with conn.cursor().copy("COPY photos (id, path) FROM STDIN") as cp:

@@ -192,3 +192,30 @@ def test_loader_processes_exit_when_the_worker_is_killed(tmp_path):
         time.sleep(0.2)
         alive = [p for p in pids if running(p)]
     assert not alive, f"loader processes {alive} outlived the worker"
+
+
+def test_loader_processes_do_not_run_the_workers_main_script(tmp_path):
+    """A script that starts loading at its top level, with no `if __name__ == "__main__":` guard:
+    loader processes do not run it again (multiprocessing would, in every child)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a.jpg").write_bytes(photo(64, 48))
+    runs = tmp_path / "runs"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import multiprocessing\n"
+        "from pgsight.worker.images import ImageLoader\n"
+        "from pgsight.worker.loaders import LoaderPool\n"
+        "from pgsight.worker.prep import GRAY, Prep\n"
+        f"with open({str(runs)!r}, 'a') as f:\n"
+        "    f.write(multiprocessing.current_process().name + '\\n')\n"
+        f"pool = LoaderPool(ImageLoader([{str(tmp_path)!r}]), processes=2)\n"
+        "got = pool.load([(True, 'a.jpg', None)] * 8, Prep(GRAY, (4, 4)))\n"
+        "print(got.ok, got.errors, flush=True)\n"
+        "pool.close()\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{list(range(8))} {{}}"
+    assert runs.read_text().split() == ["MainProcess"]

@@ -25,6 +25,13 @@ def test_migrate_installs_search_settings_and_keeps_the_owners_own(dsn):
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "300"
         assert conn.execute("SHOW hnsw.iterative_scan").fetchone()[0] == "strict_order"
+        # a value an earlier pgsight migrate installed (not the owner's) is brought up to date
+        conn.execute(psycopg.sql.SQL("ALTER DATABASE {} SET hnsw.ef_search = 200").format(
+            psycopg.sql.Identifier(conn.info.dbname)))
+    with psycopg.connect(dsn) as conn:
+        assert search.install(conn) == {"hnsw.ef_search": search.SETTINGS["hnsw.ef_search"]} != {"hnsw.ef_search": "200"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == search.SETTINGS["hnsw.ef_search"]
         # opting out: nothing is set on a database that says so
         db = psycopg.sql.Identifier(conn.info.dbname)
         conn.execute(psycopg.sql.SQL("ALTER DATABASE {} RESET ALL").format(db))
@@ -72,7 +79,8 @@ def test_plain_filtered_sql_returns_k_rows_in_order(dsn):
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN SELECT id FROM items WHERE tag = 3 ORDER BY emb <=> %s LIMIT 10",
                                                     (queries[0],)))
         assert "items_emb_idx" in plan  # the HNSW index answered, with the filter applied during the scan
-        conn.execute("SET hnsw.iterative_scan = off")  # pgvector's own default: the rows run short
+        conn.execute("SET hnsw.iterative_scan = off")  # pgvector's own defaults: the rows run short
+        conn.execute("SET hnsw.ef_search = 40")
         short = conn.execute(f"SELECT count(*) FROM (SELECT id FROM items WHERE tag = 3 ORDER BY emb <=> %s LIMIT {k}) s",
                              (queries[0],)).fetchone()[0]
         assert short < k

@@ -10,10 +10,13 @@ This module imports no torch and no database driver: loader processes import it 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import io
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,12 +31,12 @@ class ImageError(Exception):
 def decode(data: bytes, max_pixels: int, what: str = "image",
            draft: tuple[str, tuple[int, int]] | None = None) -> Image.Image:
     """An RGB image, upright, first frame. `draft` = (mode, (w, h)): decode a JPEG at the smallest
-    DCT scale that still covers w x h (both sides), in `mode` ('RGB' or 'L') where the file allows."""
+    DCT scale that still covers w x h (both sides), in `mode` ('RGB' or 'L') where the file allows;
+    with mode 'L', a picture that decodes as grey ('L') is returned as it is, not converted to RGB."""
     if not data:
         raise ImageError(f"{what} is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL warns on odd metadata; errors below are what count
+        with _quiet():  # PIL warns on odd metadata; errors below are what count
             img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
@@ -52,7 +55,27 @@ def decode(data: bytes, max_pixels: int, what: str = "image",
         raise ImageError(f"{what} is not an image PIL can read") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated, corrupt
         raise ImageError(f"{what} is corrupt or truncated: {e}") from None
+    if draft is not None and draft[0] == "L" and img.mode == "L":
+        return img  # grey asked for and grey decoded: L -> RGB -> L would give back the same pixels
     return to_rgb(img)
+
+
+@contextlib.contextmanager
+def _ignoring_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+_quiet: Callable[[], AbstractContextManager[None]] = _ignoring_warnings
+
+
+def quiet_process() -> None:
+    """In a process that only decodes (a loader process): warnings off once for the whole process,
+    instead of `catch_warnings` around every image (which costs about as much as decoding a small PNG)."""
+    global _quiet
+    warnings.simplefilter("ignore")
+    _quiet = contextlib.nullcontext
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -76,7 +76,9 @@ def read_file(path: str, roots: list[str], max_bytes: int, ref: str) -> bytes:
         if st.st_size > max_bytes:
             raise FetchError(f"{ref} is {st.st_size} bytes, over the limit of {max_bytes}")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
+            data = f.read(st.st_size + 1)  # read(max_bytes + 1) would allocate max_bytes for every file
+            if len(data) > st.st_size:  # the file grew after fstat
+                data += f.read(max_bytes + 1 - len(data))
         if len(data) > max_bytes:
             raise FetchError(f"{ref} is over the limit of {max_bytes} bytes")
         return data

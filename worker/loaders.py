@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import mmap
-import multiprocessing
 import os
 import select
 import threading
@@ -27,11 +26,12 @@ from collections import Counter, OrderedDict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
+from multiprocessing import context as mp_context
+from multiprocessing import shared_memory, spawn
 from typing import Any
 
 import numpy as np
-from pgsight.worker.decode import ImageError, decode, tune_allocator
+from pgsight.worker.decode import ImageError, decode, quiet_process, tune_allocator
 from pgsight.worker.images import ImageLoader
 from pgsight.worker.prep import Prep
 
@@ -82,6 +82,7 @@ _CHILD: dict[str, Any] = {}
 
 def _child_init(loader_args: dict[str, Any], worker_pid: int | None = None) -> None:
     tune_allocator()
+    quiet_process()
     _CHILD["loader"] = ImageLoader(**loader_args)
     _CHILD["maps"] = OrderedDict()
     if worker_pid:
@@ -134,6 +135,45 @@ def _child_load(name: str, rows: int, prep: Prep, items: list[Source]) -> tuple[
         return load_into(_CHILD["loader"], out, prep, items)
     finally:
         del out
+
+
+# -- starting loader processes --------------------------------------------------------------------
+LOADER_NAME = "pgsight-loader"
+
+
+class LoaderProcess(mp_context.ForkServerProcess):
+    """A forkserver process named pgsight-loader-N, which does not import the parent's `__main__`.
+
+    multiprocessing runs the parent's main script again in every child (as `__mp_main__`), so
+    that functions defined there can be unpickled. Loader processes run only this module's
+    functions: importing the worker's main (the `pgsight` command, a user's script, a notebook
+    kernel) would cost each one a second and its memory, and a script that starts a worker
+    without an `if __name__ == "__main__":` guard would start one in every loader process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = LOADER_NAME + "-" + ":".join(str(i) for i in self._identity)
+
+
+class LoaderContext(mp_context.ForkServerContext):
+    Process = LoaderProcess
+
+
+_stdlib_preparation_data = spawn.get_preparation_data
+
+
+def _preparation_data(name: str) -> dict[str, Any]:
+    """What a new process prepares before it runs: for loader processes, without the parent's
+    main module (the only change; other processes get the standard data)."""
+    data = _stdlib_preparation_data(name)
+    if name.startswith(LOADER_NAME + "-"):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+if getattr(spawn.get_preparation_data, "__module__", None) != __name__:
+    spawn.get_preparation_data = _preparation_data  # looked up at each start (popen_forkserver, popen_spawn_posix)
 
 
 # -- in the worker --------------------------------------------------------------------------------
@@ -198,7 +238,7 @@ class LoaderPool:
     def _process_pool(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                ctx = multiprocessing.get_context("forkserver")
+                ctx = LoaderContext()
                 ctx.set_forkserver_preload([__name__])  # not the user's __main__: only what loading needs
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_child_init,
                                                  initargs=(self._loader_args(), os.getpid()))

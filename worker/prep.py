@@ -46,7 +46,7 @@ class Prep:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         if self.op == GRAY:
-            small = image.convert("L").resize(self.size, Image.Resampling.BILINEAR)
+            small = (image if image.mode == "L" else image.convert("L")).resize(self.size, Image.Resampling.BILINEAR)
             return np.asarray(small, dtype=np.uint8).reshape(-1)
         image = image.convert("RGB")
         if self.op == SHORTEST_CROP:
