@@ -21,6 +21,12 @@ INSERT INTO ml.model_kinds (kind, modalities, outputs, metric, train_options, de
    "warmup_ratio": 0.0}',
  'ViLT visual question answering (ViltForQuestionAnswering): answers from the checkpoint''s labels'),
 ('blip2', '{image,text}', 'answer', 'cosine', NULL,
- 'BLIP-2 generative visual question answering (Blip2ForConditionalGeneration), prompt "Question: {} Answer:"')
+ 'BLIP-2 generative visual question answering (Blip2ForConditionalGeneration), prompt "Question: {} Answer:"'),
+('dual_encoder', '{image,text}', 'embedding', 'cosine',
+ '{"vision": null, "text": null, "vision_config": null, "text_config": null, "tokenizer": null,
+   "image_size": null, "max_length": 32, "projection_dim": 512, "train_encoders": false,
+   "image_col": "image_path", "text_col": "text", "batch_size": 32, "max_epochs": 3,
+   "learning_rate": 1e-4, "weight_decay": 0.1, "seed": 0, "overwrite": false}',
+ 'retrieval dual encoder from two pre-trained encoders (VisionTextDualEncoderModel: ViT/Swin/BEiT/DeiT/CLIP vision + BERT/RoBERTa)')
 ON CONFLICT (kind) DO UPDATE SET modalities = EXCLUDED.modalities, outputs = EXCLUDED.outputs,
     metric = EXCLUDED.metric, train_options = EXCLUDED.train_options, description = EXCLUDED.description;

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 #: kind -> module under pgsight.worker.models
-KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt", "blip2": "blip2"}
+KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt", "blip2": "blip2",
+         "dual_encoder": "dual_encoder"}
 
 
 class Adapter:
