@@ -187,3 +187,23 @@ def test_recall_with_several_texts_per_image():
     # would put image 2 twice above t2; de-duplicated, t2's image is second
     dup = {(r["direction"], r["k"]): r["recall"] for r in recall_rows(images[image_of], texts, [2])}
     assert dup[("text→image", 2)] < rows[("text→image", 2)]
+
+
+def test_captioned_digits():
+    from pgsight.digit_comments import TEMPLATES, comment_rows, digits_named, names_right_digit
+
+    digits = [{"id": i, "image_path": f"digits/{i}.png", "label": i % 10, "split": "test" if i % 4 == 0 else "train"}
+              for i in range(20)]
+    rows = comment_rows(digits, per_image=3)
+    assert len(rows) == 60 and [r["id"] for r in rows] == list(range(60))
+    for d in digits:
+        mine = [r for r in rows if r["image_id"] == d["id"]]
+        assert len({r["comment"] for r in mine}) == 3  # distinct comments per image
+        assert all(r["split"] == d["split"] and names_right_digit(r["comment"], d["label"]) for r in mine)
+    assert comment_rows(digits, per_image=3) == rows  # deterministic
+    assert len({r["comment"] for r in rows if r["label"] == 7}) <= len(TEMPLATES)
+    assert digits_named("nice 7!") == {7} and digits_named("a seven or a 1?") == {7, 1}
+    assert not names_right_digit("a handwritten one", 7) and not names_right_digit("nice!", 7)
+    assert not names_right_digit("a seven or a one", 7)
+    with pytest.raises(ValueError, match="per_image"):
+        comment_rows(digits, per_image=0)
