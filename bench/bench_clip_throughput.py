@@ -55,7 +55,7 @@ def write_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
 
 def build_vit_b32(directory: Path) -> Path:
     import torch
-    from pgsight.worker.models.clip_tokenizer import build_tokenizer, special_token_ids
+    from pgsight.worker.models.clip.tokenizer import build_tokenizer, special_token_ids
     from transformers import CLIPConfig, CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 

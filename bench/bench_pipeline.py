@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Timer, bench_database, save  # noqa: E402
 from pgsight.worker.images import ImageLoader  # noqa: E402
 from pgsight.worker.models import l2_normalize  # noqa: E402
-from pgsight.worker.models.pixels import pixel_vector  # noqa: E402
+from pgsight.worker.models.pixels.adapter import pixel_vector  # noqa: E402
 
 from pgsight.testing import running_worker  # noqa: E402
 

@@ -19,7 +19,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_database, save  # noqa: E402
 from pgsight.worker.images import ImageLoader  # noqa: E402
-from pgsight.worker.models.pixels import PixelsAdapter  # noqa: E402
+from pgsight.worker.models.pixels.adapter import PixelsAdapter  # noqa: E402
 
 from pgsight.testing import running_worker  # noqa: E402
 

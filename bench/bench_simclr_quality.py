@@ -18,8 +18,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Timer, bench_database, save  # noqa: E402
-from pgsight.worker.models import simclr  # noqa: E402
-from pgsight.worker.models import simclr_train as st  # noqa: E402
+from pgsight.worker.models.simclr import adapter as simclr  # noqa: E402
+from pgsight.worker.models.simclr import train as st  # noqa: E402
 
 from pgsight import datasets  # noqa: E402
 from pgsight.demos.simclr import ROTATE, SCALE, SHIFT, build, convert, precision_at_10, write_queries  # noqa: E402

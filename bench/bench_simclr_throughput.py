@@ -1,6 +1,6 @@
 """SimCLR training throughput: images/s of `ml.build_model(..., 'simclr', ...)` inside the worker
 (images read from the query's rows, progress reported, checkpoints stored in the database)
-against the same training loop (`simclr_fit.fit`) run standalone with no database, on the same
+against the same training loop (`simclr.fit.fit`) run standalone with no database, on the same
 device, batch and images, in one run. Runs alternate (standalone, worker, standalone, worker ...)
 so that drift in the machine's load hits both; the best run of each is compared.
 
@@ -22,11 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Timer, bench_database, save  # noqa: E402
 from pgsight.worker.images import ImageLoader  # noqa: E402
 from pgsight.worker.loop import pick_device  # noqa: E402
-from pgsight.worker.models import (  # noqa: E402
-    simclr,  # noqa: E402
-    simclr_fit,
-    simclr_train,
-)
+from pgsight.worker.models.simclr import adapter as simclr  # noqa: E402
+from pgsight.worker.models.simclr import fit as simclr_fit  # noqa: E402
+from pgsight.worker.models.simclr import options as simclr_options  # noqa: E402
+from pgsight.worker.models.simclr import train as simclr_train  # noqa: E402
 
 from pgsight import datasets  # noqa: E402
 from pgsight.testing import running_worker  # noqa: E402
@@ -61,7 +60,7 @@ def standalone(root: Path, paths: list[str], options: dict, device: str, workdir
 
 
 def _standalone(root: Path, paths: list[str], options: dict, device: str, workdir: Path) -> dict:
-    o = simclr_fit.parse_options(options)
+    o = simclr_options.parse_options(options)
     loader = ImageLoader([root])
     with Timer() as t_load:
         images = np.stack([simclr.square_array(loader.load(p), 32) for p in paths])

@@ -52,3 +52,23 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def kill_worker_after_checkpoint(conn, dsn: str, job: int, image_root: Path, tmp_path: Path, timeout: float = 90) -> None:
+    """Run a worker process on `job` until the job's first checkpoint is stored, then SIGKILL it (a
+    worker that dies mid-training). Set ml.settings worker_timeout low first, so the next worker takes
+    the job over at once."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    with (tmp_path / "worker.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pgsight.cli", "worker", "--dsn", dsn, "--image-root",
+                                 str(image_root), "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s",
+                                          (f"job/{job}/checkpoint/%",)).fetchone()[0] > 0, timeout=timeout)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()

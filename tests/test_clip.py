@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 import pytest
 import torch
-from conftest import wait_for
+from conftest import kill_worker_after_checkpoint, wait_for
 from pgsight.db.orm import embedding_column, engine, ml
 from PIL import Image
 from sqlalchemy import select
@@ -367,3 +367,23 @@ def test_training_option_errors(dsn, shapes):
             ).fetchone()[0]
             assert conn.execute("SELECT ml.wait(%s)", (job,)).fetchone()[0] == "failed"
             assert message in conn.execute("SELECT error FROM ml.jobs WHERE id = %s", (job,)).fetchone()[0]
+
+
+def test_killed_worker_resumes_from_checkpoint(dsn, shapes, tmp_path):
+    opts = {"config": TINY_CONFIG, "text_col": "caption", "image_size": 32, "batch_size": 8, "max_epochs": 12,
+            "learning_rate": 1e-3}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE ml.settings SET value = '1 second' WHERE key = 'worker_timeout'")
+        job = conn.execute("SELECT ml.build_model('resumed', 'clip', 'SELECT * FROM shapes', %s)",
+                           (json.dumps(opts),)).fetchone()[0]
+        kill_worker_after_checkpoint(conn, dsn, job, shapes, tmp_path)
+        status, progress = conn.execute("SELECT status, progress FROM ml.jobs WHERE id = %s", (job,)).fetchone()
+        assert status == "running" and progress["epoch"] < 12, progress
+        with running_worker(dsn, [shapes]):
+            assert conn.execute("SELECT ml.wait(%s, '120 seconds')", (job,)).fetchone()[0] == "done"
+        attempts, result, failed = conn.execute("SELECT attempts, result, failed FROM ml.jobs WHERE id = %s",
+                                                (job,)).fetchone()
+        assert attempts == 2 and result["resumed_from_epoch"] >= 1 and len(result["epoch_losses"]) == 12
+        assert result["steps"] == 12 * 3 and failed == 1  # missing.png, in ml.errors once for both attempts
+        assert conn.execute("SELECT row_key FROM ml.errors WHERE job_id = %s", (job,)).fetchall() == [("99",)]
+        assert conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s", (f"job/{job}/%",)).fetchone()[0] == 0

@@ -4,9 +4,9 @@ texts, GPU batch sizing."""
 from __future__ import annotations
 
 import numpy as np
-from pgsight.worker.models.clip import batch_for_memory
-from pgsight.worker.models.clip_tokenizer import build_tokenizer, learn_merges, special_token_ids
-from pgsight.worker.models.retrieval import recall_rows
+from pgsight.worker.kit.retrieval import recall_rows
+from pgsight.worker.models.clip.adapter import batch_for_memory
+from pgsight.worker.models.clip.tokenizer import build_tokenizer, learn_merges, special_token_ids
 
 
 def test_recall_protocol():

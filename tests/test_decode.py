@@ -58,7 +58,7 @@ def test_drafted_features_match_full_decodes():
 
 @pytest.mark.parametrize("size", [(40, 30), (30, 40), (33, 33), (20, 9), (500, 375), (7, 700)])
 def test_clip_prep_and_batched_normalise_equal_the_image_processor(size):
-    from pgsight.worker.models.clip import prep_of
+    from pgsight.worker.models.clip.adapter import prep_of
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     ip = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -75,7 +75,7 @@ def test_clip_prep_and_batched_normalise_equal_the_image_processor(size):
 
 
 def test_clip_recipes_prep_does_not_cover_fall_back_to_the_processor():
-    from pgsight.worker.models.clip import prep_of
+    from pgsight.worker.models.clip.adapter import prep_of
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     assert prep_of(CLIPImageProcessorPil(do_resize=False)) is None

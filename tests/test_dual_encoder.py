@@ -11,8 +11,8 @@ import numpy as np
 import psycopg
 import pytest
 import torch
-from conftest import wait_for
-from pgsight.worker.models.retrieval import recall_rows
+from conftest import kill_worker_after_checkpoint, wait_for
+from pgsight.worker.kit.retrieval import recall_rows
 from PIL import Image
 from tiny_dual_encoder import TEXT_CONFIGS, VISION_CONFIGS, build_tiny_dual_encoder
 
@@ -207,3 +207,21 @@ def test_captioned_digits():
     assert not names_right_digit("a seven or a one", 7)
     with pytest.raises(ValueError, match="per_image"):
         comment_rows(digits, per_image=0)
+
+
+def test_killed_worker_resumes_from_checkpoint(dsn, photos, tiny_dir, tmp_path):
+    opts = {"vision": str(tiny_dir), "text": str(tiny_dir), "projection_dim": 8, "text_col": "comment",
+            "batch_size": 8, "max_epochs": 40, "learning_rate": 1e-2}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE ml.settings SET value = '1 second' WHERE key = 'worker_timeout'")
+        job = conn.execute("SELECT ml.build_model('resumed_de', 'dual_encoder', "
+                           "'SELECT id, image_path, comment FROM photos', %s)", (json.dumps(opts),)).fetchone()[0]
+        kill_worker_after_checkpoint(conn, dsn, job, photos, tmp_path)
+        status, progress = conn.execute("SELECT status, progress FROM ml.jobs WHERE id = %s", (job,)).fetchone()
+        assert status == "running" and progress.get("epoch", 0) < 40, progress
+        with running_worker(dsn, [photos]):
+            result = finished(conn, job)
+        attempts, failed = conn.execute("SELECT attempts, failed FROM ml.jobs WHERE id = %s", (job,)).fetchone()
+        assert attempts == 2 and result["resumed_from_epoch"] >= 1 and len(result["epoch_losses"]) == 40
+        assert result["steps"] == 40 * 2 and failed == 1  # missing.png, in ml.errors once for both attempts
+        assert conn.execute("SELECT row_key FROM ml.errors WHERE job_id = %s", (job,)).fetchall() == [("99",)]

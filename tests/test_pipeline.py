@@ -5,7 +5,7 @@ import numpy as np
 import psycopg
 import pytest
 from conftest import wait_for, write_png
-from pgsight.worker.models.pixels import pixel_vector
+from pgsight.worker.models.pixels.adapter import pixel_vector
 from PIL import Image
 
 from pgsight.testing import running_worker

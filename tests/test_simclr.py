@@ -200,9 +200,11 @@ class LocalHost:
 
 def tiny_fit(tmp_path, name, options, host_kw=None):
     import torch
-    from pgsight.worker.models import simclr_fit, simclr_train
+    from pgsight.worker.models.simclr import fit as simclr_fit
+    from pgsight.worker.models.simclr import train as simclr_train
+    from pgsight.worker.models.simclr.options import parse_options
 
-    o = simclr_fit.parse_options({**TINY, **options})
+    o = parse_options({**TINY, **options})
     images = np.random.default_rng(0).integers(0, 255, (24, 3, 16, 16), dtype=np.uint8)
     encoder, head, meta = simclr_train.new_model(o)
     host = LocalHost(tmp_path / name, **(host_kw or {}))
@@ -249,7 +251,7 @@ def test_pretrained_from_a_transformers_resnet_directory(dsn, digits, tmp_path):
 def test_checkpoints_keep_to_their_share_of_the_time(tmp_path):
     import time as _time
 
-    from pgsight.worker.models.simclr_fit import Checkpoints
+    from pgsight.worker.kit.checkpoints import Checkpoints
 
     class SlowHost(LocalHost):
         def save_checkpoint(self, directory):

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import tiny_vilt
 import torch
-from conftest import write_png
-from pgsight.worker.models.vqa import exact_match, parse_answers, summarize, vqa_score
+from conftest import kill_worker_after_checkpoint, write_png
+from pgsight.worker.kit.vqa import exact_match, parse_answers, summarize, vqa_score
 from PIL import Image
 
 from pgsight.testing import running_worker
@@ -307,3 +307,27 @@ def test_slow_answer_times_out_cleanly_and_the_next_call_works(dsn, photos, tiny
         held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885827699"
                             ).fetchone()[0]
         assert held == 0
+
+
+def test_killed_worker_resumes_from_checkpoint(dsn, image_dir, tmp_path):
+    rows = [(i, colour_image(image_dir / f"k{i}.png", "red" if i % 2 else "blue", i), "what color is this?",
+             json.dumps({"red" if i % 2 else "blue": 1.0})) for i in range(16)]
+    config = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+              "image_size": 32, "patch_size": 16, "max_position_embeddings": 16, "vocab_size": 40}
+    opts = {"config": config, "max_epochs": 12, "batch_size": 8, "learning_rate": 2e-3}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE ml.settings SET value = '1 second' WHERE key = 'worker_timeout'")
+        conn.execute("CREATE TABLE vqa (id int PRIMARY KEY, image_path text, question text, answers jsonb)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO vqa VALUES (%s, %s, %s, %s)", rows)
+        job = conn.execute("SELECT ml.build_model('resumed', 'vilt', 'SELECT * FROM vqa', %s)",
+                           (json.dumps(opts),)).fetchone()[0]
+        kill_worker_after_checkpoint(conn, dsn, job, image_dir, tmp_path)
+        status, progress = conn.execute("SELECT status, progress FROM ml.jobs WHERE id = %s", (job,)).fetchone()
+        assert status == "running" and progress["epoch"] < 12, progress
+        with running_worker(dsn, [image_dir]):
+            assert conn.execute("SELECT ml.wait(%s, '120 seconds')", (job,)).fetchone()[0] == "done"
+        attempts, result = conn.execute("SELECT attempts, result FROM ml.jobs WHERE id = %s", (job,)).fetchone()
+        assert attempts == 2 and result["resumed_from_epoch"] >= 1
+        assert len(result["loss_history"]) == 12 and result["steps"] == 12 * 2
+        assert conn.execute("SELECT count(*) FROM ml.models WHERE name = 'resumed'").fetchone()[0] == 1

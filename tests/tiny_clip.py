@@ -18,7 +18,7 @@ SENTENCES = [
 
 
 def tiny_clip_config(tokenizer, image_size: int = 32, projection_dim: int = 24, max_length: int = 16):
-    from pgsight.worker.models.clip_tokenizer import special_token_ids
+    from pgsight.worker.models.clip.tokenizer import special_token_ids
     from transformers import CLIPConfig
 
     text = dict(
@@ -42,7 +42,7 @@ def tiny_clip_config(tokenizer, image_size: int = 32, projection_dim: int = 24, 
 
 def build_tiny_clip(directory: Path, seed: int = 0, image_size: int = 32, projection_dim: int = 24) -> Path:
     import torch
-    from pgsight.worker.models.clip_tokenizer import build_tokenizer
+    from pgsight.worker.models.clip.tokenizer import build_tokenizer
     from transformers import CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import psycopg
 from pgsight.worker import sources, store
-from pgsight.worker.models import Adapter, adapter_class
+from pgsight.worker.models import Adapter
+from pgsight.worker.models.kinds import adapter_class
 from psycopg.rows import dict_row
 
 
@@ -55,18 +56,30 @@ class ModelCache:
                 info = cur.execute("SELECT * FROM ml.model_info(%s)", (name,)).fetchone()
             if info is None:
                 raise ModelLoadError(f"no model named {name!r}")
-            if info["stored"]:
-                stamp = int(info["updated_at"].timestamp() * 1e6)  # a re-created database reuses names
-                directory = self.cache_dir / f"{name}-v{info['version']}-{stamp}"
-                if not (directory / ".complete").exists():
-                    if store.load_dir(conn, f"model/{name}/{info['version']}/", directory) == 0:
-                        raise ModelLoadError(f"model {name!r} v{info['version']} has no stored weights")
-                    (directory / ".complete").touch()
-                source = str(directory)
-            else:
-                source = info["source"]
+            source = self._files(conn, info)
             opts = dict(info["options"] or {})
             opts["_info"] = info["info"] or {}
             adapter = self.from_source(info["kind"], source, opts)
             self._by_name[name] = (info["version"], adapter)
             return adapter
+
+    def directory(self, conn: psycopg.Connection, name: str) -> str:
+        """Where the registered model `name` loads from: its stored files, fetched into the cache
+        directory, or its source (hub id or directory) when it has none."""
+        with self._key_lock(("name", name)), conn.cursor(row_factory=dict_row) as cur:
+            info = cur.execute("SELECT * FROM ml.model_info(%s)", (name,)).fetchone()
+            if info is None:
+                raise ModelLoadError(f"no model named {name!r}")
+            return self._files(conn, info)
+
+    def _files(self, conn: psycopg.Connection, info: dict[str, Any]) -> str:
+        if not info["stored"]:
+            return info["source"]
+        name = info["name"]
+        stamp = int(info["updated_at"].timestamp() * 1e6)  # a re-created database reuses names
+        directory = self.cache_dir / f"{name}-v{info['version']}-{stamp}"
+        if not (directory / ".complete").exists():
+            if store.load_dir(conn, f"model/{name}/{info['version']}/", directory) == 0:
+                raise ModelLoadError(f"model {name!r} v{info['version']} has no stored weights")
+            (directory / ".complete").touch()
+        return str(directory)

@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageError, ImageLoader
-from pgsight.worker.models.zeroshot import check, ranked
+from pgsight.worker.models.clip.zeroshot import check, ranked
 from pgsight.worker.registry import ModelCache
 
 log = logging.getLogger("pgsight.worker.rpc")

@@ -88,7 +88,7 @@ def go_offline() -> None:
 
 def resolve(kind: str, source: str | None) -> str | None:
     """The source to load: a local directory made absolute, or the hub id unchanged (see the module's rule)."""
-    from pgsight.worker.models import KINDS
+    from pgsight.worker.models.kinds import BUILTIN as KINDS
 
     if not source or kind == "pixels" or kind not in KINDS:  # other kinds read their sources their own way
         return source

@@ -1,8 +1,18 @@
 """Training and evaluation jobs (ml.build_model, ml.evaluate_*), run by a worker's main loop.
 
-A kind's module provides `train(ctx)` and/or `evaluate(ctx)`; `JobContext` gives them everything
-that touches the database: the query's rows, images through the worker's loader, progress and
-cancellation, checkpoints, and registering the trained model.
+A kind registers `train(ctx)` and/or `evaluate(ctx)` (pgsight.worker.models.kinds); `JobContext` is
+all they see of the worker and the database:
+
+- the job: `job_id`, `model_name`, `params`, `options`, `device`, `workdir`, `loader_threads`;
+- data: `rows()` (the job's snapshot, fetched in chunks, no transaction held between them),
+  `row_count()`, `load_image(ref)`, `record_errors([(row key, message)], column)`;
+- models: `model(name)` (a loaded adapter), `model_info(name)` (its row or None), `model_dir(name)`
+  (a directory or hub id to load its files from);
+- progress and files: `progress(...)` (raises JobStopped when the job was cancelled),
+  `save_checkpoint(dir)`, `load_checkpoint(dir)`, `save_model(dir, dim, info)`.
+
+The training kit (pgsight.worker.kit) builds on these: image tables, schedules, options,
+checkpoints, resolve_model.
 """
 from __future__ import annotations
 
@@ -19,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from pgsight.worker import store
 from pgsight.worker.connection import connect
-from pgsight.worker.images import ImageError
-from pgsight.worker.models import kind_module
+from pgsight.worker.models.kinds import kind as model_kind
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -62,8 +71,18 @@ class JobContext:
         return self.params.get("options") or {}
 
     @property
+    def model_name(self) -> str:
+        """The model the job trains or evaluates."""
+        return self.job["model"]
+
+    @property
     def device(self) -> str:
         return self.worker.device
+
+    @property
+    def loader_threads(self) -> int:
+        """Threads for decoding the job's images (the worker's setting)."""
+        return self.worker.config.loader_threads
 
     # -- data ---------------------------------------------------------------------------------
     # The job's rows are its snapshot: the table ml.snapshot_<job id>, filled when the job was
@@ -79,45 +98,35 @@ class JobContext:
             rows = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.snapshot)).fetchone()[0]
         return int(rows)
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """The rows of the job's snapshot (server-side cursor, read-only transaction, its own connection)."""
-        reader = self._read_snapshot()
+    def rows(self, chunk: int = 256) -> Iterator[dict[str, Any]]:
+        """The rows of the job's snapshot, as dicts. A cursor WITH HOLD on a connection of its own:
+        fetched `chunk` rows at a time outside any transaction, so nothing stays open (no snapshot,
+        no lock) while the caller runs a model between fetches."""
+        reader = self._read_snapshot(chunk)
         self._readers.append(reader)
         return reader
 
-    def _read_snapshot(self) -> Iterator[dict[str, Any]]:
+    def _read_snapshot(self, chunk: int) -> Iterator[dict[str, Any]]:
         with connect(self.worker.config.dsn, "pgsight_worker_snapshot") as conn:
-            conn.autocommit = False
-            conn.read_only = True
             if conn.execute("SELECT to_regclass(%s)", (f"ml.snapshot_{self.job_id}",)).fetchone()[0] is None:
                 raise RuntimeError(f"job {self.job_id} has no snapshot of its rows (submitted by an older "
                                    "pgsight?); submit it again")
-            with conn.cursor(name=f"pgsight_job_{self.job_id}", row_factory=dict_row) as cur:
+            with conn.cursor(name=f"pgsight_job_{self.job_id}", row_factory=dict_row, withhold=True) as cur:
+                cur.itersize = chunk
                 cur.execute(sql.SQL("SELECT * FROM {}").format(self.snapshot))
                 yield from cur
 
     def close_readers(self) -> None:
-        """Close the snapshot readers a training module left open (their connections hold a lock)."""
+        """Close the snapshot readers a training module left open."""
         for reader in self._readers:
             reader.close()
         self._readers.clear()
 
     def load_image(self, ref: Any) -> Image.Image:
-        """An image from a path/URL (str) or bytes; raises ImageError."""
+        """An image from a path/URL (str) or bytes, through the worker's loader; raises ImageError."""
         if isinstance(ref, (bytes, bytearray, memoryview)):
             return self.worker.loader.load(None, bytes(ref))
         return self.worker.loader.load(ref, None)
-
-    def load_images(self, refs: list[Any]) -> tuple[list[Image.Image], list[int], list[str]]:
-        """Loads what it can: (images, indices of those images, errors of the others)."""
-        images, ok, errors = [], [], []
-        for i, ref in enumerate(refs):
-            try:
-                images.append(self.load_image(ref))
-                ok.append(i)
-            except ImageError as e:
-                errors.append(f"row {i}: {e}")
-        return images, ok, errors
 
     def record_errors(self, errors: list[tuple[str, str]], column: str | None = None) -> None:
         """Per-row problems of this job (an unreadable training image ...): (row key, message) pairs
@@ -126,8 +135,9 @@ class JobContext:
             self.conn.execute("SELECT ml.job_errors(%s, %s, %s, %s)",
                               (self.job_id, [k for k, _ in errors], column, [e for _, e in errors]))
 
+    # -- models -------------------------------------------------------------------------------
     def model(self, name: str):
-        """A registered model's adapter (for a `base` or `init` option)."""
+        """A registered model's adapter (loaded once per worker)."""
         return self.worker.models.get(self.conn, name)
 
     def model_info(self, name: str) -> dict[str, Any] | None:
@@ -135,17 +145,9 @@ class JobContext:
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cur.execute("SELECT * FROM ml.model_info(%s)", (name,)).fetchone()
 
-    def model_exists(self, name: str) -> bool:
-        return self.model_info(name) is not None
-
-    def model_source_dir(self, name: str) -> str:
+    def model_dir(self, name: str) -> str:
         """A directory (or hub id) from which the registered model `name` can be loaded."""
-        self.worker.models.get(self.conn, name)
-        info = self.conn.execute("SELECT source, stored, version, updated_at FROM ml.model_info(%s)", (name,)).fetchone()
-        if not info[1]:
-            return info[0]
-        stamp = int(info[3].timestamp() * 1e6)
-        return str(self.worker.models.cache_dir / f"{name}-v{info[2]}-{stamp}")
+        return self.worker.models.directory(self.conn, name)
 
     # -- progress -----------------------------------------------------------------------------
     def progress(self, done: int | None = None, total: int | None = None, force: bool = False, **info: Any) -> None:
@@ -187,12 +189,10 @@ def run_job(worker: Worker, conn: psycopg.Connection, job: dict[str, Any]) -> No
     started = time.monotonic()
     try:
         if job["kind"] == "train":
-            module = kind_module(job["params"]["kind"])
-            fn = getattr(module, "train", None)
+            fn = model_kind(job["params"]["kind"]).train_fn()
         else:
             kind = conn.execute("SELECT kind FROM ml.model_info(%s)", (job["model"],)).fetchone()
-            module = kind_module(kind[0]) if kind else None
-            fn = getattr(module, "evaluate", None)
+            fn = model_kind(kind[0]).evaluate_fn() if kind else None
         if fn is None:
             raise RuntimeError(f"this worker cannot run {job['kind']} jobs for this model kind")
         result = fn(ctx) or {}

@@ -23,7 +23,7 @@ def add_write_log(conn, table: str, column: str = "embedding") -> None:
 def assert_all_correct(conn, table: str, images: Path, size: int = 4) -> None:
     """Every row holds exactly the pixels embedding of its own image."""
     from pgsight.worker.images import ImageLoader
-    from pgsight.worker.models.pixels import PixelsAdapter
+    from pgsight.worker.models.pixels.adapter import PixelsAdapter
 
     adapter, loader = PixelsAdapter(size), ImageLoader([images])
     conn.execute("CREATE TEMP TABLE expected (path text, vec vector)")

@@ -15,7 +15,7 @@ _canary_ids = itertools.count(1000)
 def expected_vectors(images: Path, size: int = 4) -> dict[str, list[float]]:
     """The pixels embedding of each of the 30 test images, computed directly (no database, no worker)."""
     from pgsight.worker.images import ImageLoader
-    from pgsight.worker.models.pixels import PixelsAdapter
+    from pgsight.worker.models.pixels.adapter import PixelsAdapter
 
     adapter, loader = PixelsAdapter(size), ImageLoader([images])
     return {f"{i}.png": adapter.embed_images([adapter.preprocess(loader.load(f"{i}.png"))])[0].tolist()

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgsight.worker.models.pixels import PixelsAdapter
+from pgsight.worker.models.kinds import Kind
+from pgsight.worker.models.pixels.adapter import PixelsAdapter
 
 KIND_ROW = ("INSERT INTO ml.model_kinds (kind, modalities, outputs, metric, description) "
             "VALUES ('slowpx', '{image}', 'embedding', 'cosine', 'pixels, slowly (tests)') ON CONFLICT DO NOTHING")
@@ -34,4 +35,4 @@ class SlowPixels(PixelsAdapter):
         return super().embed_images(items)
 
 
-ADAPTER = SlowPixels
+KIND = Kind("slowpx", adapter=SlowPixels)

@@ -1,24 +1,21 @@
-"""Model adapters, one module per kind. Adapters are pure: they never touch the database; the
-worker loop owns all I/O. Stages: `preprocess` (CPU, in loader threads) → `embed_*`/`answer`
-(the device, batched) → the loop writes results back.
+"""Model kinds, one package per kind (`pixels/`, `clip/`, `simclr/`, `vilt/`, `blip2/`), each
+registered once in `kinds.py`.
 
-To add a kind: a module here with a subclass of `Adapter`, listed in `KINDS`, plus its row in
-udf/kinds.sql. Training and evaluation, if the kind has them, are functions `train(ctx)` and
-`evaluate(ctx)` in the same module (see pgsight.worker.training).
+Adapters (`<kind>/adapter.py`) are pure: they never touch the database and never import the
+worker's job code; the worker loop owns all I/O. Stages: `preprocess` (CPU, in loader threads) →
+`embed_*`/`answer` (the device, batched) → the loop writes results back. Training and evaluation
+(`<kind>/train.py`, shared evaluations in `pgsight.worker.kit`) get the database only through
+the job's context (pgsight.worker.training.JobContext).
+
+To add a kind: a package here with an `Adapter` subclass, one `Kind(...)` entry in `kinds.py`,
+and its row in udf/kinds.sql (a test checks the two agree).
 """
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
-
-#: kind -> module under pgsight.worker.models
-KINDS = {"pixels": "pixels", "clip": "clip", "simclr": "simclr", "vilt": "vilt", "blip2": "blip2",
-         "dual_encoder": "dual_encoder"}
 
 
 class Adapter:
@@ -52,26 +49,6 @@ class Adapter:
 
     def answer(self, items: list[Any], questions: list[str], k: int) -> list[list[tuple[str, float]]]:
         raise NotImplementedError(f"{self.kind} models do not answer questions")
-
-
-def extra_kinds() -> dict[str, str]:
-    """Model kinds from outside pgsight: PGSIGHT_KINDS="kind=package.module,..." (each module
-    provides ADAPTER like the built-in ones; register the kind's row in ml.model_kinds too)."""
-    pairs = [p.split("=", 1) for p in os.environ.get("PGSIGHT_KINDS", "").split(",") if "=" in p]
-    return {k.strip(): m.strip() for k, m in pairs}
-
-
-def kind_module(kind: str) -> ModuleType:
-    if kind in KINDS:
-        return importlib.import_module(f"{__name__}.{KINDS[kind]}")
-    extra = extra_kinds()
-    if kind in extra:
-        return importlib.import_module(extra[kind])
-    raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(sorted({*KINDS, *extra}))})")
-
-
-def adapter_class(kind: str) -> type[Adapter]:
-    return kind_module(kind).ADAPTER
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

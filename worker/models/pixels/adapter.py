@@ -37,6 +37,3 @@ class PixelsAdapter(Adapter):
 
     def embed_images(self, items: list[np.ndarray]) -> np.ndarray:
         return l2_normalize(np.stack(items).astype(np.float32)) if len(items) else np.zeros((0, self.dim), np.float32)
-
-
-ADAPTER = PixelsAdapter

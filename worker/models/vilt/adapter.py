@@ -185,22 +185,3 @@ class ViltAdapter(Adapter):
             for i, row_scores, row_ids in zip(chunk, scores, ids):
                 out[i] = [(self.labels[j], float(s)) for j, s in zip(row_ids, row_scores)]
         return out
-
-
-ADAPTER = ViltAdapter
-
-
-def train(ctx) -> dict[str, Any]:
-    """ml.build_model(name, 'vilt', query, options): see pgsight.worker.models.vilt_training."""
-    from pgsight.worker.models.vilt_training import train as run
-
-    return run(ctx)
-
-
-def evaluate(ctx) -> dict[str, Any]:
-    """ml.evaluate_vqa: see pgsight.worker.models.vqa."""
-    from pgsight.worker.models.vqa import evaluate as run
-
-    adapter = ctx.model(ctx.job["model"])
-    with one_thread_if_small(adapter.model, adapter.device):
-        return run(ctx, adapter)

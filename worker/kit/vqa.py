@@ -1,6 +1,7 @@
 """Visual question answering, independent of the model: reading the `answers` a user keeps in a table
 (text, text[] or jsonb), the soft scores used both as training targets and for the standard VQA
-accuracy, and `evaluate(ctx)` for ml.evaluate_vqa over any kind whose adapter answers questions.
+accuracy, and `evaluate(ctx)` for ml.evaluate_vqa over any kind whose adapter answers questions
+(vilt, blip2).
 
 Answer formats (one row's ground truth), all turned into {answer: weight in [0, 1]}:
 - text: one answer, weight 1.
@@ -18,8 +19,9 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from pgsight.worker.kit.images import ImageTable
 
 _SPACES = re.compile(r"\s+")
 
@@ -112,8 +114,10 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
     """ml.evaluate_vqa: answer every (image, question) row of the query with the model and score it
     against the row's answers. Options: image_col, question_col, answers_col (defaults those the model
     was trained with, else image_path/question/answers), batch_size (default 64). Rows whose image
-    cannot be read, or whose answers cannot be parsed, are left out and counted ('skipped')."""
-    model_name = ctx.job["model"]
+    cannot be read (recorded in ml.errors), or whose answers cannot be parsed, are left out and
+    counted ('skipped'). Rows are fetched in chunks outside any transaction (ctx.rows), so no read
+    transaction stays open across the forward passes."""
+    model_name = ctx.model_name
     trained = ctx.model_info(model_name)
     defaults = {"image_col": "image_path", "question_col": "question", "answers_col": "answers"}
     defaults.update({k: v for k, v in ((trained or {}).get("options") or {}).items() if k in defaults and v})
@@ -127,18 +131,13 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
     scores: list[float] = []
     matches: list[float] = []
     skipped: list[str] = []
-    pending: list[tuple[Any, str, dict[str, float]]] = []
+    pending: list[tuple[str, Any, str, dict[str, float]]] = []  # (row key, image, question, truth)
     total = 0
 
-    def flush(pool: ThreadPoolExecutor) -> None:
-        def prep(item):
-            try:
-                return adapter.preprocess(ctx.load_image(item[0])), None
-            except Exception as e:  # unreadable image: the row is left out
-                return None, f"{type(e).__name__}: {e}"
-        loaded = list(pool.map(prep, pending))
-        ok = [(x, q, t) for (x, err), (_, q, t) in zip(loaded, pending) if err is None]
-        skipped.extend(err for _, err in loaded if err is not None)
+    def flush(table: ImageTable) -> None:
+        loaded = table.add([p[1] for p in pending], [p[0] for p in pending])
+        ok = [(x, q, t) for x, (_, _, q, t) in zip(loaded, pending) if x is not None]
+        skipped.extend(f"row {key}: unreadable image (see ml.errors)" for x, (key, *_) in zip(loaded, pending) if x is None)
         if ok:
             ranked = adapter.answer([x for x, _, _ in ok], [q for _, q, _ in ok], 1)
             for (_, q, truth), answers in zip(ok, ranked):
@@ -149,8 +148,8 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
         pending.clear()
         ctx.progress(done=len(scores) + len(skipped), skipped=len(skipped))
 
-    with ThreadPoolExecutor(4, thread_name_prefix="pgsight-eval") as pool:
-        for row in ctx.rows():
+    with ImageTable(ctx, adapter.preprocess, column=opts["image_col"], store=False) as table:
+        for n, row in enumerate(ctx.rows(batch)):
             total += 1
             missing = [opts[k] for k in ("image_col", "question_col", "answers_col") if opts[k] not in row]
             if missing:
@@ -163,11 +162,11 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
             if row[opts["image_col"]] is None:
                 skipped.append("image is NULL")
                 continue
-            pending.append((row[opts["image_col"]], row[opts["question_col"]] or "", truth))
+            pending.append((str(row.get("id", n)), row[opts["image_col"]], row[opts["question_col"]] or "", truth))
             if len(pending) >= batch:
-                flush(pool)
+                flush(table)
         if pending:
-            flush(pool)
+            flush(table)
     if not scores:
         raise ValueError(f"no row could be evaluated ({total} rows, {len(skipped)} skipped"
                          + (f"; first problem: {skipped[0]}" if skipped else "") + ")")

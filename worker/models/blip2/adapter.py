@@ -131,13 +131,3 @@ class Blip2Adapter(Adapter):
                         ranked.append((text, float(p)))
                 out[i] = ranked
         return out
-
-
-ADAPTER = Blip2Adapter
-
-
-def evaluate(ctx) -> dict[str, Any]:
-    """ml.evaluate_vqa for generated answers: see pgsight.worker.models.vqa."""
-    from pgsight.worker.models.vqa import evaluate as run
-
-    return run(ctx)

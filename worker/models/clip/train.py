@@ -12,19 +12,31 @@ clamped at 100). Rows with identical texts are positives of each other (uniform 
 captions that repeat — class names, templates — are not pushed apart as false negatives; with
 unique captions this is exactly CLIP's loss. AdamW (no decay on biases, norms, logit_scale), 10 %
 linear warm-up, cosine decay, gradient norm clipped at 1; bf16 autocast on CUDA.
+
+Images are decoded once into the kit's ImageTable (unreadable ones recorded in ml.errors). After
+each epoch but the last the model, optimizer, schedule, random state and history are checkpointed
+(the kit's Checkpoints); a job taken over by another worker resumes from the last one.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
 
 import numpy as np
-from pgsight.worker.models.clip import load_parts
-from pgsight.worker.models.pairs import Pairs, load_images, read_pairs
+from pgsight.worker.kit.checkpoints import Checkpoints, rng_state, set_rng_state
+from pgsight.worker.kit.images import load_images
+from pgsight.worker.kit.models import resolve_model
+from pgsight.worker.kit.options import parse
+from pgsight.worker.kit.pairs import Pairs, keep_loaded, read_pairs
+from pgsight.worker.kit.schedules import lambda_lr
+from pgsight.worker.models.clip.adapter import load_parts
+from pgsight.worker.models.clip.options import ClipOptions
 
-CACHE_BYTES = 1 << 30  # keep preprocessed images in memory up to this much, else re-load per batch
+log = logging.getLogger("pgsight.worker.clip")
+
 SCRATCH_ONLY = ("config", "tokenizer", "image_size")
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -36,21 +48,11 @@ def _quiet_transformers() -> None:
 
 
 # -- the model to train ---------------------------------------------------------------------------
-def _source_of(ctx, ref: str, what: str) -> str:
-    """A registered model's directory (it must be a clip model), else the hub id / directory itself."""
-    if ctx.model_exists(ref):
-        kind = ctx.model_info(ref)["kind"]
-        if kind != "clip":
-            raise ValueError(f"{what} {ref!r} is a {kind} model, not a clip model")
-        return ctx.model_source_dir(ref)
-    return ref
-
-
-def scratch_model(options: dict[str, Any], tokenizer):
+def scratch_model(o: ClipOptions, tokenizer):
     """A new CLIPModel from the `config` option, wired to the tokenizer's vocabulary."""
     from transformers import CLIPConfig, CLIPModel
 
-    config = options.get("config")
+    config = o.config
     if not isinstance(config, dict):
         raise ValueError(
             'training from scratch ("base": null) needs a "config" option: CLIPConfig keyword '
@@ -59,7 +61,7 @@ def scratch_model(options: dict[str, Any], tokenizer):
     config = dict(config)
     text = dict(config.pop("text_config", None) or {})
     vision = dict(config.pop("vision_config", None) or {})
-    image_size = options.get("image_size")
+    image_size = o.image_size
     if image_size is not None:
         if vision.get("image_size", image_size) != image_size:
             raise ValueError(
@@ -80,83 +82,39 @@ def scratch_model(options: dict[str, Any], tokenizer):
         raise ValueError(f"option config is not a valid CLIPConfig: {e}") from e
 
 
-def model_to_train(ctx, pairs: Pairs):
+def model_to_train(ctx, o: ClipOptions, pairs: Pairs):
     """(model, tokenizer, image processor, description of where it came from)."""
-    from pgsight.worker.models.clip_tokenizer import build_tokenizer
+    from pgsight.worker.models.clip.tokenizer import build_tokenizer
     from transformers import AutoTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    options = ctx.options
-    base = options.get("base")
-    if base:
-        given = [k for k in SCRATCH_ONLY if options.get(k) is not None]
+    if o.base:
+        given = [k for k in SCRATCH_ONLY if getattr(o, k) is not None]
         if given:
             raise ValueError(
                 f'option {", ".join(given)} applies only when training from scratch ("base": null); '
                 f"a base model brings its own"
             )
-        model, tokenizer, processor = load_parts(_source_of(ctx, str(base), "base"))
-        return model, tokenizer, processor, {"base": base}
-    config = options.get("config")
-    text_config = (config.get("text_config") or {}) if isinstance(config, dict) else {}
+        model, tokenizer, processor = load_parts(resolve_model(ctx, o.base, "clip", what="base"))
+        return model, tokenizer, processor, {"base": o.base}
+    text_config = (o.config.get("text_config") or {}) if isinstance(o.config, dict) else {}
     max_length = int(text_config.get("max_position_embeddings", 77))
-    if options.get("tokenizer"):
+    if o.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(
-            _source_of(ctx, str(options["tokenizer"]), "tokenizer"), trust_remote_code=False
+            resolve_model(ctx, o.tokenizer, "clip", what="tokenizer"), trust_remote_code=False
         )
         tokenizer.model_max_length = min(int(tokenizer.model_max_length), max_length)
     else:
         tokenizer = build_tokenizer(pairs.texts, num_merges=1000, max_length=max_length)
-    model = scratch_model(options, tokenizer)
+    model = scratch_model(o, tokenizer)
     size = model.config.vision_config.image_size
     processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     return (
         model,
         tokenizer,
         processor,
-        {"base": None, "tokenizer": options.get("tokenizer") or "built from the training texts"},
+        {"base": None, "tokenizer": o.tokenizer or "built from the training texts"},
     )
-
-
-# -- images ---------------------------------------------------------------------------------------
-class PixelSource:
-    """Preprocessed images by pair index: cached in memory when they fit, else loaded per batch."""
-
-    def __init__(self, ctx, pairs: Pairs, processor) -> None:
-        self.ctx = ctx
-        self.processor = processor
-        self.cache: np.ndarray | None = None
-        kept, arrays, cached_bytes = [], [], 0
-        step = 512
-        for start in range(0, len(pairs), step):
-            got, errors = load_images(ctx, pairs.refs[start : start + step], self.preprocess)
-            for e in errors:
-                pairs.skip(e)
-            for i, a in enumerate(got):
-                if a is None:
-                    continue
-                kept.append(start + i)
-                if arrays is not None:
-                    arrays.append(a)
-                    cached_bytes += a.nbytes
-                    if cached_bytes > CACHE_BYTES:
-                        arrays = None  # too big for memory: stream from the image store instead
-            ctx.progress(done=min(start + step, len(pairs)), total=len(pairs), stage="loading images")
-        pairs.keep(kept)
-        self.refs = pairs.refs
-        if arrays is not None and arrays:
-            self.cache = np.stack(arrays)
-
-    def preprocess(self, image) -> np.ndarray:
-        return self.processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
-
-    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(pixels, the indices that loaded): an image that vanished since the first pass drops out."""
-        if self.cache is not None:
-            return self.cache[indices], indices
-        got, _ = load_images(self.ctx, [self.refs[i] for i in indices], self.preprocess)
-        ok = [i for i, a in enumerate(got) if a is not None]
-        return np.stack([got[i] for i in ok]) if ok else np.zeros((0,)), indices[ok]
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -184,13 +142,6 @@ def _optimizer(model, lr: float, weight_decay: float):
     )
 
 
-def lr_factor(step: int, total: int) -> float:
-    warmup = max(1, int(0.1 * total))
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     order = rng.permutation(n)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -199,34 +150,39 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarr
     return batches
 
 
-def train_clip(ctx) -> dict[str, Any]:
+def train(ctx) -> dict[str, Any]:
     import torch
 
     _quiet_transformers()
-    options = ctx.options
+    o = parse(ClipOptions, ctx.options)
     started = time.monotonic()
-    seed = int(options.get("seed") or 0)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    pairs = read_pairs(ctx, options["image_col"], options["text_col"])
-    model, tokenizer, processor, origin = model_to_train(ctx, pairs)
-    pixels = PixelSource(ctx, pairs, processor)
+    torch.manual_seed(o.seed)
+    rng = np.random.default_rng(o.seed)
+    pairs = read_pairs(ctx, o.image_col, o.text_col)
+    model, tokenizer, processor, origin = model_to_train(ctx, o, pairs)
+
+    def preprocess(image) -> np.ndarray:
+        return processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
+
+    images = load_images(ctx, pairs.refs, preprocess, keys=pairs.keys, column=o.image_col)
+    keep_loaded(pairs, sorted(images.position), images.skipped, images.errors)
     n = len(pairs)
     if n < 2:
         raise ValueError(
             f"need at least 2 (image, text) pairs to train, got {n} ({pairs.skipped} rows skipped: "
             f"{'; '.join(pairs.errors) or 'none'})"
         )
+    pixels = images.array  # row i is pair i (pairs.keep kept the loaded ones, in order)
 
     device = ctx.device
     model.to(device).train()
     max_length = int(min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings))
     text_ids = {t: i for i, t in enumerate(dict.fromkeys(pairs.texts))}
     text_code = np.array([text_ids[t] for t in pairs.texts])
-    batch_size, epochs = int(options["batch_size"]), int(options["max_epochs"])
+    batch_size, epochs = o.batch_size, o.max_epochs
     total = epochs * len(_batches(n, batch_size, np.random.default_rng(0)))
-    optimizer = _optimizer(model, float(options["learning_rate"]), float(options["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total))
+    optimizer = _optimizer(model, o.learning_rate, o.weight_decay)
+    scheduler = lambda_lr(optimizer, total, warmup=max(1, int(0.1 * total)))
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.startswith("cuda")
@@ -234,56 +190,72 @@ def train_clip(ctx) -> dict[str, Any]:
     )
 
     step, seen, compute_s, epoch_losses = 0, 0, 0.0, []
-    for epoch in range(epochs):
-        losses = []
-        for idx in _batches(n, batch_size, rng):
-            batch_pixels, idx = pixels.batch(idx)
-            if len(idx) < 2:
-                continue
-            t0 = time.perf_counter()
-            enc = tokenizer(
-                [pairs.texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            codes = torch.from_numpy(text_code[idx])
-            with autocast:
-                loss = clip_loss(
-                    model,
-                    torch.from_numpy(batch_pixels).to(device),
-                    enc["input_ids"].to(device),
-                    enc["attention_mask"].to(device),
-                    (codes[:, None] == codes[None, :]).to(device),
+    checkpoints = Checkpoints(ctx)
+    try:
+        state = checkpoints.load()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["schedule"])
+            set_rng_state(state["rng"], rng)
+            step, seen, compute_s = state["step"], state["seen"], state["compute_s"]
+            epoch_losses = list(state["epoch_losses"])
+            log.info("resuming CLIP training at epoch %d of %d", len(epoch_losses) + 1, epochs)
+        start_epoch = len(epoch_losses)
+        for epoch in range(start_epoch, epochs):
+            losses = []
+            for idx in _batches(n, batch_size, rng):
+                t0 = time.perf_counter()
+                enc = tokenizer(
+                    [pairs.texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            compute_s += time.perf_counter() - t0
-            losses.append(loss.item())
-            step += 1
-            seen += len(idx)
+                codes = torch.from_numpy(text_code[idx])
+                with autocast:
+                    loss = clip_loss(
+                        model,
+                        torch.from_numpy(pixels[idx]).to(device),
+                        enc["input_ids"].to(device),
+                        enc["attention_mask"].to(device),
+                        (codes[:, None] == codes[None, :]).to(device),
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                compute_s += time.perf_counter() - t0
+                losses.append(loss.item())
+                step += 1
+                seen += len(idx)
+                ctx.progress(
+                    done=step,
+                    total=total,
+                    epoch=epoch + 1,
+                    loss=round(losses[-1], 4),
+                    images_per_s=round(seen / compute_s, 1),
+                )
+            epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
             ctx.progress(
                 done=step,
                 total=total,
+                force=True,
                 epoch=epoch + 1,
-                loss=round(losses[-1], 4),
-                images_per_s=round(seen / compute_s, 1),
+                loss=round(epoch_losses[-1], 4),
+                images_per_s=round(seen / max(compute_s, 1e-9), 1),
             )
-        epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
-        ctx.progress(
-            done=step,
-            total=total,
-            force=True,
-            epoch=epoch + 1,
-            loss=round(epoch_losses[-1], 4),
-            images_per_s=round(seen / max(compute_s, 1e-9), 1),
-        )
+            if epoch + 1 < epochs and checkpoints.due():  # the last epoch's state is the registered model
+                checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "schedule": scheduler.state_dict(), "rng": rng_state(rng), "step": step,
+                                  "seen": seen, "compute_s": compute_s, "epoch_losses": epoch_losses})
+        checkpoints.wait()
+    finally:
+        checkpoints.close()
 
     out = ctx.workdir / "model"
     model.to("cpu").eval()
@@ -304,4 +276,4 @@ def train_clip(ctx) -> dict[str, Any]:
         "train_seconds": round(time.monotonic() - started, 2),
     }
     version = ctx.save_model(out, int(model.config.projection_dim), info)
-    return {**info, "version": version}
+    return {**info, "version": version, "resumed_from_epoch": start_epoch, "checkpoints": checkpoints.written}

@@ -1,19 +1,15 @@
-"""(image, text) pairs from a job's query, for training and evaluating dual encoders.
+"""(image, text) pairs from a job's query, for training and evaluating dual encoders (clip, and
+any kind that embeds images and texts into one space).
 
 Rows whose image is NULL, whose text is NULL or blank, or whose image cannot be loaded or
-preprocessed are skipped and counted (the first few reasons are kept for the job's result); they
-never fail the job.
+preprocessed (ImageTable: recorded in ml.errors) are skipped and counted (the first few reasons are
+kept for the job's result); they never fail the job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
-from pgsight.worker.images import ImageError
 
 MAX_REPORTED_ERRORS = 5
 
@@ -23,6 +19,7 @@ class Pairs:
     refs: list[Any]
     texts: list[str]
     groups: list[Any] | None
+    keys: list[str] = field(default_factory=list)  # each pair's row key (its `id` column, else its row number)
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -38,8 +35,18 @@ class Pairs:
         """Keep only these rows (those whose image loaded)."""
         self.refs = [self.refs[i] for i in indices]
         self.texts = [self.texts[i] for i in indices]
+        self.keys = [self.keys[i] for i in indices]
         if self.groups is not None:
             self.groups = [self.groups[i] for i in indices]
+
+
+def keep_loaded(pairs: Pairs, loaded: list[int], skipped: int, errors: list[str]) -> None:
+    """Keep the pairs whose image loaded (`loaded`: their indices, in order); count the `skipped`
+    others, keeping the first few `errors` (an ImageTable's `position`, `skipped`, `errors`)."""
+    for e in errors:
+        pairs.skip(e)
+    pairs.skipped += skipped - len(errors)
+    pairs.keep(loaded)
 
 
 def read_pairs(ctx, image_col: str, text_col: str, group_col: str | None = None) -> Pairs:
@@ -61,25 +68,7 @@ def read_pairs(ctx, image_col: str, text_col: str, group_col: str | None = None)
         else:
             pairs.refs.append(image)
             pairs.texts.append(str(text))
+            pairs.keys.append(str(row.get("id", n)))
             if group_col:
                 pairs.groups.append(row[group_col])
     return pairs
-
-
-def load_images(
-    ctx, refs: list[Any], preprocess: Callable[[Any], np.ndarray], threads: int | None = None
-) -> tuple[list[np.ndarray | None], list[str]]:
-    """Load and preprocess images in parallel: arrays (None where it failed) and the failures."""
-    threads = threads or max(1, ctx.worker.config.loader_threads)
-
-    def one(i: int) -> tuple[np.ndarray | None, str | None]:
-        try:
-            return preprocess(ctx.load_image(refs[i])), None
-        except ImageError as e:
-            return None, f"{refs[i]!r}: {e}"
-        except Exception as e:  # a model's preprocessing choked on this one image
-            return None, f"{refs[i]!r}: preprocessing failed: {type(e).__name__}: {e}"
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="pgsight-pairs") as pool:
-        results = list(pool.map(one, range(len(refs))))
-    return [r[0] for r in results], [r[1] for r in results if r[1]]

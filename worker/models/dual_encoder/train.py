@@ -14,13 +14,21 @@ forward pass per step. With `train_encoders` true everything trains end to end.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
 
 import numpy as np
-from pgsight.worker.models.clip_train import MAX_LOGIT_SCALE, PixelSource, _batches, _optimizer, lr_factor
-from pgsight.worker.models.pairs import Pairs, read_pairs
+from pgsight.worker.kit.checkpoints import Checkpoints, rng_state, set_rng_state
+from pgsight.worker.kit.images import load_images
+from pgsight.worker.kit.options import parse
+from pgsight.worker.kit.pairs import Pairs, keep_loaded, read_pairs
+from pgsight.worker.kit.schedules import lambda_lr
+from pgsight.worker.models.clip.train import MAX_LOGIT_SCALE, Pixels, _batches, _optimizer
+from pgsight.worker.models.dual_encoder.options import DualEncoderOptions
+
+log = logging.getLogger("pgsight.worker.dual_encoder")
 
 KINDS_WITH_TOWERS = ("clip", "dual_encoder")
 TEXT_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "camembert", "electra")
@@ -28,14 +36,14 @@ TEXT_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "camembert", "elec
 
 def _source_of(ctx, ref: str, what: str) -> str:
     """A registered model's directory (a clip or dual_encoder model), else the hub id / directory."""
-    if ctx.model_exists(ref):
-        kind = ctx.model_info(ref)["kind"]
-        if kind not in KINDS_WITH_TOWERS:
+    info = ctx.model_info(ref)
+    if info is not None:
+        if info["kind"] not in KINDS_WITH_TOWERS:
             raise ValueError(
-                f"option {what}: {ref!r} is a {kind} model; a registered model gives its {what} encoder "
-                f"only when it is a clip or dual_encoder model (or give a directory or hub id)"
+                f"option {what}: {ref!r} is a {info['kind']} model; a registered model gives its {what} "
+                f"encoder only when it is a clip or dual_encoder model (or give a directory or hub id)"
             )
-        return ctx.model_source_dir(ref)
+        return ctx.model_dir(ref)
     return ref
 
 
@@ -55,7 +63,7 @@ def _config(kwargs: Any, what: str):
         raise ValueError(f"option {what}_config is not a valid {model_type!r} config: {e}") from e
 
 
-def vision_part(ctx, options: dict[str, Any]) -> tuple[Any, Any]:
+def vision_part(ctx, o: DualEncoderOptions) -> tuple[Any, Any]:
     """(vision encoder, image processor) from `vision` or `vision_config`."""
     from transformers import (
         AutoConfig,
@@ -66,7 +74,7 @@ def vision_part(ctx, options: dict[str, Any]) -> tuple[Any, Any]:
     )
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-    ref, config, size = options.get("vision"), options.get("vision_config"), options.get("image_size")
+    ref, config, size = o.vision, o.vision_config, o.image_size
     if bool(ref) == bool(config):
         raise ValueError('give exactly one of the options "vision" (a registered model, directory or hub id) '
                          'and "vision_config" (a config to build the vision encoder from)')
@@ -96,21 +104,21 @@ def vision_part(ctx, options: dict[str, Any]) -> tuple[Any, Any]:
     return model, ViTImageProcessorPil(size={"height": image_size, "width": image_size})
 
 
-def text_part(ctx, options: dict[str, Any], texts: list[str]) -> tuple[Any, Any]:
+def text_part(ctx, o: DualEncoderOptions, texts: list[str]) -> tuple[Any, Any]:
     """(text encoder, tokenizer) from `text` or `text_config` (+ `tokenizer`, else one learned
     from the training texts)."""
     from pgsight.worker.models.dual_encoder.tokenizer import build_tokenizer
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, VisionTextDualEncoderModel
 
-    ref, config = options.get("text"), options.get("text_config")
-    max_length = int(options.get("max_length") or 32)
+    ref, config = o.text, o.text_config
+    max_length = int(o.max_length)
     if not 2 <= max_length <= 4096:
         raise ValueError(f"option max_length must be an integer between 2 and 4096, got {max_length}")
     if bool(ref) == bool(config):
         raise ValueError('give exactly one of the options "text" (a registered model, directory or hub id) '
                          'and "text_config" (a config to build the text encoder from)')
     if ref:
-        if options.get("tokenizer"):
+        if o.tokenizer:
             raise ValueError('option tokenizer applies only to a text encoder built from text_config; "text" '
                              "brings its own")
         source = _source_of(ctx, str(ref), "text")
@@ -122,10 +130,9 @@ def text_part(ctx, options: dict[str, Any], texts: list[str]) -> tuple[Any, Any]
         else:
             model = AutoModel.from_pretrained(source)
         return model, AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    if options.get("tokenizer"):
-        tokenizer = AutoTokenizer.from_pretrained(
-            _source_of(ctx, str(options["tokenizer"]), "tokenizer"), trust_remote_code=False
-        )
+    if o.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(_source_of(ctx, str(o.tokenizer), "tokenizer"),
+                                                  trust_remote_code=False)
         tokenizer.model_max_length = min(int(tokenizer.model_max_length), max_length)
     else:
         tokenizer = build_tokenizer(texts, max_length)
@@ -141,23 +148,21 @@ def text_part(ctx, options: dict[str, Any], texts: list[str]) -> tuple[Any, Any]
     return AutoModel.from_config(_config(config, "text")), tokenizer
 
 
-def model_to_train(ctx, pairs: Pairs) -> tuple[Any, Any, Any, dict[str, Any]]:
+def model_to_train(ctx, o: DualEncoderOptions, pairs: Pairs) -> tuple[Any, Any, Any, dict[str, Any]]:
     from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
 
-    options = ctx.options
-    dim = options.get("projection_dim")
+    dim = o.projection_dim
     if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 8192:
         raise ValueError(f"option projection_dim must be an integer between 1 and 8192, got {dim!r}")
-    vision, processor = vision_part(ctx, options)
-    text, tokenizer = text_part(ctx, options, pairs.texts)
+    vision, processor = vision_part(ctx, o)
+    text, tokenizer = text_part(ctx, o, pairs.texts)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(vision.config, text.config, projection_dim=dim)
     model = VisionTextDualEncoderModel(config, vision_model=vision, text_model=text)
     origin = {
-        "vision": options.get("vision") or f"{vision.config.model_type} from vision_config",
-        "text": options.get("text") or f"{text.config.model_type} from text_config",
-        "tokenizer": options.get("tokenizer") or ("the text model's" if options.get("text")
-                                                  else "built from the training texts"),
-        "train_encoders": bool(options.get("train_encoders")),
+        "vision": o.vision or f"{vision.config.model_type} from vision_config",
+        "text": o.text or f"{text.config.model_type} from text_config",
+        "tokenizer": o.tokenizer or ("the text model's" if o.text else "built from the training texts"),
+        "train_encoders": bool(o.train_encoders),
     }
     return model, tokenizer, processor, origin
 
@@ -179,18 +184,15 @@ def _tokens(tokenizer, texts: list[str], device: str) -> dict[str, Any]:
     return {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
 
 
-def frozen_features(ctx, model, tokenizer, pixels: PixelSource, texts: list[str], batch_size: int):
+def frozen_features(ctx, model, tokenizer, pixels: np.ndarray, to_model, texts: list[str], batch_size: int):
     """The frozen encoders' pooled outputs: (per pair image features, per distinct text features)."""
     import torch
 
-    device, n = ctx.device, len(pixels.refs)
-    images, order = [], np.arange(n)
+    device, n = ctx.device, len(pixels)
+    images = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            batch, kept = pixels.batch(order[start : start + batch_size])
-            if len(kept) != len(order[start : start + batch_size]):
-                raise ValueError("an image could not be loaded again while encoding; train again")
-            out = model.vision_model(pixel_values=torch.from_numpy(batch).to(device), return_dict=True)
+            out = model.vision_model(pixel_values=to_model(pixels[start : start + batch_size]), return_dict=True)
             images.append(out.pooler_output.float())
             ctx.progress(done=min(start + batch_size, n), total=n, stage="encoding images")
         encoded = []
@@ -201,75 +203,93 @@ def frozen_features(ctx, model, tokenizer, pixels: PixelSource, texts: list[str]
 
 
 # -- the loop -------------------------------------------------------------------------------------
-def train_dual_encoder(ctx) -> dict[str, Any]:
+def train(ctx) -> dict[str, Any]:
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    options = ctx.options
+    o = parse(DualEncoderOptions, ctx.options)
     started = time.monotonic()
-    seed = int(options.get("seed") or 0)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    pairs = read_pairs(ctx, options["image_col"], options["text_col"])
-    model, tokenizer, processor, origin = model_to_train(ctx, pairs)
-    pixels = PixelSource(ctx, pairs, processor)
+    torch.manual_seed(o.seed)
+    rng = np.random.default_rng(o.seed)
+    pairs = read_pairs(ctx, o.image_col, o.text_col)
+    model, tokenizer, processor, origin = model_to_train(ctx, o, pairs)
+    images = load_images(ctx, pairs.refs, Pixels(processor, ctx.device).preprocess, keys=pairs.keys,
+                         column=o.image_col)
+    keep_loaded(pairs, sorted(images.position), images.skipped, images.errors)
     n = len(pairs)
     if n < 2:
         raise ValueError(
             f"need at least 2 (image, text) pairs to train, got {n} ({pairs.skipped} rows skipped: "
             f"{'; '.join(pairs.errors) or 'none'})"
         )
-    device, train_encoders = ctx.device, bool(options["train_encoders"])
+    pixels = images.array  # row i is pair i
+    to_model = Pixels(processor, ctx.device).to_model
+    device, train_encoders = ctx.device, bool(o.train_encoders)
     model.to(device)
     for tower in (model.vision_model, model.text_model):
         tower.requires_grad_(train_encoders)
         tower.train(train_encoders)  # frozen encoders stay in eval mode: their features never change
     distinct = list(dict.fromkeys(pairs.texts))
     text_code = np.array([{t: i for i, t in enumerate(distinct)}[t] for t in pairs.texts])
-    batch_size, epochs = int(options["batch_size"]), int(options["max_epochs"])
-    cached = None if train_encoders else frozen_features(ctx, model, tokenizer, pixels, distinct, batch_size)
+    batch_size, epochs = o.batch_size, o.max_epochs
+    cached = None if train_encoders else frozen_features(ctx, model, tokenizer, pixels, to_model, distinct, batch_size)
     total = epochs * len(_batches(n, batch_size, np.random.default_rng(0)))
-    optimizer = _optimizer(model, float(options["learning_rate"]), float(options["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total))
+    optimizer = _optimizer(model, o.learning_rate, o.weight_decay)
+    scheduler = lambda_lr(optimizer, total, warmup=max(1, int(0.1 * total)))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else torch.autocast("cpu", enabled=False))
 
     step, seen, compute_s, epoch_losses = 0, 0, 0.0, []
-    for epoch in range(epochs):
-        losses = []
-        for idx in _batches(n, batch_size, rng):
-            if cached is None:
-                batch_pixels, idx = pixels.batch(idx)
-                if len(idx) < 2:
-                    continue
-            t0 = time.perf_counter()
-            codes = torch.from_numpy(text_code[idx]).to(device)
-            with autocast:
-                if cached is None:
-                    image = model.get_image_features(pixel_values=torch.from_numpy(batch_pixels).to(device))
-                    text = model.get_text_features(**_tokens(tokenizer, [pairs.texts[i] for i in idx], device))
-                    image, text = image.pooler_output, text.pooler_output
-                else:
-                    image = model.visual_projection(cached[0][torch.from_numpy(idx).to(device)])
-                    text = model.text_projection(cached[1][codes])
-                loss = contrastive_loss(image, text, model.logit_scale, codes[:, None] == codes[None, :])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            compute_s += time.perf_counter() - t0
-            losses.append(loss.item())
-            step += 1
-            seen += len(idx)
-            ctx.progress(done=step, total=total, epoch=epoch + 1, loss=round(losses[-1], 4),
-                         images_per_s=round(seen / compute_s, 1))
-        epoch_losses.append(float(np.mean(losses)) if losses else math.nan)
-        ctx.progress(done=step, total=total, force=True, epoch=epoch + 1, loss=round(epoch_losses[-1], 4),
-                     images_per_s=round(seen / max(compute_s, 1e-9), 1))
+    checkpoints = Checkpoints(ctx)
+    try:
+        state = checkpoints.load()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["schedule"])
+            set_rng_state(state["rng"], rng)
+            step, seen, compute_s = state["step"], state["seen"], state["compute_s"]
+            epoch_losses = list(state["epoch_losses"])
+            log.info("resuming dual-encoder training at epoch %d of %d", len(epoch_losses) + 1, epochs)
+        start_epoch = len(epoch_losses)
+        for epoch in range(start_epoch, epochs):
+            losses = []
+            for idx in _batches(n, batch_size, rng):
+                t0 = time.perf_counter()
+                codes = torch.from_numpy(text_code[idx]).to(device)
+                with autocast:
+                    if cached is None:
+                        image = model.get_image_features(pixel_values=to_model(pixels[idx])).pooler_output
+                        text = model.get_text_features(
+                            **_tokens(tokenizer, [pairs.texts[i] for i in idx], device)).pooler_output
+                    else:
+                        image = model.visual_projection(cached[0][torch.from_numpy(idx).to(device)])
+                        text = model.text_projection(cached[1][codes])
+                    loss = contrastive_loss(image, text, model.logit_scale, codes[:, None] == codes[None, :])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                compute_s += time.perf_counter() - t0
+                losses.append(loss.item())
+                step += 1
+                seen += len(idx)
+                ctx.progress(done=step, total=total, epoch=epoch + 1, loss=round(losses[-1], 4),
+                             images_per_s=round(seen / compute_s, 1))
+            epoch_losses.append(float(np.mean(losses)) if losses else math.nan)
+            ctx.progress(done=step, total=total, force=True, epoch=epoch + 1, loss=round(epoch_losses[-1], 4),
+                         images_per_s=round(seen / max(compute_s, 1e-9), 1))
+            if epoch + 1 < epochs and checkpoints.due():  # the last epoch's state is the registered model
+                checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "schedule": scheduler.state_dict(), "rng": rng_state(rng), "step": step,
+                                  "seen": seen, "compute_s": compute_s, "epoch_losses": epoch_losses})
+        checkpoints.wait()
+    finally:
+        checkpoints.close()
 
     out = ctx.workdir / "model"
     model.to("cpu").eval()
@@ -292,4 +312,4 @@ def train_dual_encoder(ctx) -> dict[str, Any]:
         "train_seconds": round(time.monotonic() - started, 2),
     }
     version = ctx.save_model(out, int(model.config.projection_dim), info)
-    return {**info, "version": version}
+    return {**info, "version": version, "resumed_from_epoch": start_epoch, "checkpoints": checkpoints.written}

@@ -1,8 +1,8 @@
 """SimCLR training jobs: ml.build_model(name, 'simclr', query, options) → `train(ctx)`.
 
-The images of the query are read once through the worker's loader (paths, URLs, bytea; unreadable
-ones are skipped and listed in ml.errors), squared to `image_size` and cached as uint8 in a file
-under the job's work directory. Then simclr_fit.fit trains: each step draws a batch, makes two
+The images of the query are read once through the worker's loader (the kit's ImageTable: paths,
+URLs, bytea; unreadable ones are skipped and listed in ml.errors), squared to `image_size` and kept
+as uint8 in a file under the job's work directory. Then fit.fit trains: each step draws a batch, makes two
 augmented views of it on the device and minimises the NT-Xent loss of the projections; every epoch
 reports its loss and images/s and (except the last) stores a checkpoint in the database, written
 while the next epoch trains; a job that starts again (another worker took it over) resumes from
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
@@ -21,8 +20,11 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.images import ImageError
-from pgsight.worker.models import simclr
-from pgsight.worker.models.simclr_fit import TrainOptions, fit, parse_options
+from pgsight.worker.kit.images import ImageTable
+from pgsight.worker.kit.models import resolve_model
+from pgsight.worker.models.simclr import adapter as simclr
+from pgsight.worker.models.simclr.fit import fit
+from pgsight.worker.models.simclr.options import SimclrOptions, parse_options
 
 log = logging.getLogger("pgsight.worker.simclr")
 
@@ -35,88 +37,68 @@ def guess_image_size(images: list) -> int:
     return int(min(512, max(16, statistics.median(min(im.size) for im in images))))
 
 
-def load_images(ctx, o: TrainOptions, size: int | None) -> tuple[np.ndarray, int, int]:
-    """Read every image of the query into a uint8 (n, 3, size, size) array backed by a file in
-    ctx.workdir. Returns (array, size, skipped); unreadable images go to ml.errors."""
+def _first_images(ctx, refs: list, n: int = 64) -> list:
+    """Up to n readable images of `refs`, in order."""
+    images = []
+    for ref in refs:
+        try:
+            images.append(ctx.load_image(ref))
+        except ImageError:
+            continue
+        if len(images) == n:
+            break
+    return images
+
+
+def load_images(ctx, o: SimclrOptions, size: int | None) -> tuple[np.ndarray, int, int]:
+    """Every image of the query as uint8 (n, 3, size, size), in a file under ctx.workdir (the kit's
+    ImageTable). Returns (array, size, skipped); unreadable images go to ml.errors. Without a size,
+    the data's own (guess_image_size of the first readable images)."""
     total = ctx.row_count()
     col = o.image_col
-    array: np.ndarray | None = None
-    kept = skipped = seen = 0
-    pending: list = []  # images decoded before the size is known
+    seen = 0
 
-    def decode(ref: Any):
-        try:
-            return ctx.load_image(ref)
-        except ImageError as e:
-            return e
+    def square(image):  # only called for a decoded image, so `size` is known by then
+        return simclr.square_array(image, size)
 
-    def store(images: list) -> None:
-        nonlocal kept
-        for im in images:
-            if kept < len(array):
-                array[kept] = simclr.square_array(im, size)
-                kept += 1
-
-    with ThreadPoolExecutor(ctx.worker.config.loader_threads, thread_name_prefix="pgsight-simclr-load") as pool, \
-            closing(ctx.rows()) as rows:
-        chunk: list[dict] = []
-
-        def flush() -> None:
-            nonlocal array, size, skipped, seen, pending
-            results = list(pool.map(decode, [r.get(col) for r in chunk]))
-            errors = [(str(r.get("id", seen + i)), str(res)) for i, (r, res) in enumerate(zip(chunk, results))
-                      if isinstance(res, ImageError)]
-            good = [res for res in results if not isinstance(res, ImageError)]
-            skipped += len(errors)
+    with ImageTable(ctx, square, column=col) as table, closing(ctx.rows()) as rows:
+        def flush(chunk: list[dict]) -> None:
+            nonlocal size, seen
+            refs = [r.get(col) for r in chunk]
+            if size is None:
+                first = _first_images(ctx, refs)
+                size = guess_image_size(first) if first else None
+            table.add(refs, [str(r.get("id", seen + i)) for i, r in enumerate(chunk)])
             seen += len(chunk)
-            if errors:
-                ctx.record_errors(errors, col)
-            pending.extend(good)
-            if size is None and pending:
-                size = guess_image_size(pending[:64])
-            if size is not None:
-                if array is None:
-                    array = np.lib.format.open_memmap(Path(ctx.workdir) / "images.npy", mode="w+", dtype=np.uint8,
-                                                      shape=(max(1, total), 3, size, size))
-                store(pending)
-                pending = []
-            ctx.progress(done=seen, total=total, phase="loading images", skipped=skipped)
+            ctx.progress(done=seen, total=total, phase="loading images", skipped=table.skipped)
 
+        chunk: list[dict] = []
         for row in rows:
             if col not in row:
                 raise ValueError(f"the query returns no column {col!r} (image_col)")
             chunk.append(row)
             if len(chunk) == LOAD_CHUNK:
-                flush()
+                flush(chunk)
                 chunk = []
         if chunk:
-            flush()
-    if kept < 2:
+            flush(chunk)
+    if len(table) < 2:
         raise ValueError(f"SimCLR needs at least 2 readable images; the query gave {seen} rows, "
-                         f"{skipped} of them unreadable (see ml.errors)")
-    return array[:kept], size, skipped
+                         f"{table.skipped} of them unreadable (see ml.errors)")
+    return table.array, size, table.skipped
 
 
-def resolve_init(ctx, o: TrainOptions):
+def resolve_init(ctx, o: SimclrOptions):
     """(encoder, head or None, meta) of the `init` model: a registered simclr model, or a directory
     (a simclr model directory or a transformers ResNet checkpoint) on this worker."""
-    name = o.init
-    if ctx.model_exists(name):
-        kind = ctx.model(name).kind
-        if kind != "simclr":
-            raise ValueError(f"init model {name!r} is a {kind} model; pretrained training starts from a simclr model")
-        where = ctx.model_source_dir(name)
-    elif Path(name).is_dir():
-        where = name
-    else:
-        raise ValueError(f"init {name!r} is neither a registered model nor a directory this worker can read")
+    where = resolve_model(ctx, o.init, "simclr", what="init", hub=False)
     try:
         return simclr.load_model_dir(where)
     except Exception as e:
-        raise ValueError(f"cannot load the init model {name!r} from {where}: {e}") from e
+        raise ValueError(f"cannot load the init model {o.init!r} from {where}: {e}") from e
 
 
-def new_model(o: TrainOptions, init: tuple | None = None):
+def new_model(o: SimclrOptions, init: tuple | None = None):
     """(encoder, head, meta) for a fresh run: random (seeded), or from an `init` model."""
     import torch
 
@@ -151,5 +133,5 @@ def train(ctx) -> dict[str, Any]:
                        "epochs": o.max_epochs, "images_per_s": result["images_per_s"],
                        "train_seconds": result["train_seconds"]}
     version = ctx.save_model(out, simclr.encoder_dim(encoder), info)
-    return {"model": ctx.job["model"], "version": version, "images": len(images), "skipped": skipped,
+    return {"model": ctx.model_name, "version": version, "images": len(images), "skipped": skipped,
             "image_size": size, "load_seconds": round(load_s, 2), **result, "options": asdict(o)}

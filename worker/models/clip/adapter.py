@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.models import Adapter
-from pgsight.worker.models.zeroshot import LabelEmbeddings, parse_spec, probabilities, ranked
+from pgsight.worker.models.clip.zeroshot import LabelEmbeddings, parse_spec, probabilities, ranked
 from pgsight.worker.prep import RESIZE, SHORTEST_CROP, Prep
 from PIL import Image
 
@@ -207,18 +207,3 @@ class ClipAdapter(Adapter):
         import torch
 
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
-
-
-def train(ctx) -> dict[str, Any]:
-    from pgsight.worker.models.clip_train import train_clip
-
-    return train_clip(ctx)
-
-
-def evaluate(ctx) -> dict[str, Any]:
-    from pgsight.worker.models.retrieval import evaluate_retrieval
-
-    return evaluate_retrieval(ctx)
-
-
-ADAPTER = ClipAdapter

@@ -17,7 +17,8 @@ from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
-from pgsight.worker.models.pairs import load_images, read_pairs
+from pgsight.worker.kit.images import ImageTable
+from pgsight.worker.kit.pairs import keep_loaded, read_pairs
 
 OPTIONS = {"image_col", "text_col", "ks", "group_col", "timeout"}
 CHUNK = 512
@@ -94,36 +95,33 @@ def _check_options(options: dict[str, Any]) -> list[int]:
     return sorted(set(ks))
 
 
-def evaluate_retrieval(ctx) -> dict[str, Any]:
+def evaluate(ctx) -> dict[str, Any]:
+    """ml.evaluate_retrieval for any model whose adapter embeds images and texts."""
     if ctx.params.get("what") != "retrieval":
-        raise ValueError(f"{ctx.job['model']} is a dual encoder: evaluate it with ml.evaluate_retrieval")
+        raise ValueError(f"{ctx.model_name} is a dual encoder: evaluate it with ml.evaluate_retrieval")
     options = ctx.options
     ks = _check_options(options)
-    adapter = ctx.model(ctx.job["model"])
-    pairs = read_pairs(
-        ctx, options.get("image_col", "image_path"), options.get("text_col", "text"), options.get("group_col")
-    )
+    adapter = ctx.model(ctx.model_name)
+    image_col = options.get("image_col", "image_path")
+    pairs = read_pairs(ctx, image_col, options.get("text_col", "text"), options.get("group_col"))
     firsts, image_of = distinct_images(pairs.refs)
     total = len(firsts)
-    vectors, loaded, failed = [], np.zeros(total, dtype=bool), {}
+    vectors, loaded = [], np.zeros(total, dtype=bool)
     step = max(adapter.batch_size, 256)
-    for start in range(0, total, step):
-        chunk = firsts[start : start + step]
-        arrays, errors = load_images(ctx, [pairs.refs[i] for i in chunk], adapter.preprocess)
-        failed.update(zip([start + i for i, a in enumerate(arrays) if a is None], errors))
-        ok = [i for i, a in enumerate(arrays) if a is not None]
-        if ok:
-            vectors.append(adapter.embed_images([arrays[i] for i in ok]))
-            loaded[[start + i for i in ok]] = True
-        ctx.progress(done=min(start + step, total), total=total, stage="images")
-    for j in range(len(pairs)):  # every pair of an image that failed is skipped, with the reason
-        if not loaded[image_of[j]]:
-            pairs.skip(failed.get(int(image_of[j]), f"{pairs.refs[j]!r}: the image did not load"))
+    with ImageTable(ctx, adapter.preprocess, column=image_col, store=False) as table:
+        for start in range(0, total, step):
+            chunk = firsts[start : start + step]
+            arrays = table.add([pairs.refs[i] for i in chunk], [pairs.keys[i] for i in chunk])
+            ok = [i for i, a in enumerate(arrays) if a is not None]
+            if ok:
+                vectors.append(adapter.embed_images([arrays[i] for i in ok]))
+                loaded[[start + i for i in ok]] = True
+            ctx.progress(done=min(start + step, total), total=total, stage="images")
+    # every pair of an image that did not load is skipped (the image is in ml.errors once)
     kept = [j for j in range(len(pairs)) if loaded[image_of[j]]]
-    pairs.keep(kept)
-    renumber = np.cumsum(loaded) - 1
-    image_of = renumber[image_of[kept]]
-    if len(pairs) < 2 or not vectors or sum(len(v) for v in vectors) < 2:
+    keep_loaded(pairs, kept, len(image_of) - len(kept), table.errors)
+    image_of = (np.cumsum(loaded) - 1)[image_of[kept]]
+    if len(pairs) < 2 or int(loaded.sum()) < 2:
         raise ValueError(
             f"need at least 2 pairs and 2 images to evaluate, got {len(pairs)} ({pairs.skipped} rows skipped)"
         )

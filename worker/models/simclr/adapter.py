@@ -5,8 +5,8 @@ directory: `config.json` + `model.safetensors` (a plain transformers ResNetModel
 `ResNetModel.from_pretrained(dir)` opens it too), `head.safetensors` (the projection head, used when
 training continues from this model) and `simclr.json` (image size, normalisation, arch).
 
-Training (`train(ctx)`, ThanoSQL's BUILD MODEL ... USING SimCLR) lives in simclr_train.py (the job) and
-simclr_fit.py (the loop).
+Training (`train(ctx)`, ThanoSQL's BUILD MODEL ... USING SimCLR) lives in train.py (the job) and
+fit.py (the loop).
 """
 from __future__ import annotations
 
@@ -163,12 +163,3 @@ class SimclrAdapter(Adapter):
                 z = torch.nn.functional.normalize(pooled(self.encoder, self.normalize(x)).float(), dim=1)
                 out.append(z.cpu().numpy())
         return np.concatenate(out)
-
-
-def train(ctx) -> dict[str, Any]:
-    from pgsight.worker.models.simclr_train import train as _train
-
-    return _train(ctx)
-
-
-ADAPTER = SimclrAdapter

@@ -1,81 +1,25 @@
-"""The SimCLR training loop of `simclr` models, with no database: options, augmentations (kornia, on
-the device), the NT-Xent loss, optimisers (AdamW, SGD, LARS), the learning-rate schedule,
-checkpoints and `fit(host, images, ...)`.
+"""The SimCLR training loop of `simclr` models, with no database: augmentations (kornia, on the
+device), the NT-Xent loss, optimisers (AdamW, SGD, LARS) and `fit(host, images, ...)`; the schedule
+and checkpoints are the kit's.
 
 `host` gives `device`, `workdir`, `progress(done, total, force, **info)` (raises to stop),
 `save_checkpoint(dir)` and `load_checkpoint(dir)`: in the worker it is the job's JobContext
-(simclr_train.py); bench/bench_simclr_throughput.py runs the same loop with a host of its own.
+(train.py); bench/bench_simclr_throughput.py runs the same loop with a host of its own.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pgsight.worker.models import simclr
+from pgsight.worker.kit import schedules
+from pgsight.worker.kit.checkpoints import Checkpoints, rng_state, set_rng_state
+from pgsight.worker.models.simclr import adapter as simclr
+from pgsight.worker.models.simclr.options import SimclrOptions
 
 log = logging.getLogger("pgsight.worker.simclr")
-
-OPTIMIZERS = ("adamw", "sgd", "lars")
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    image_col: str = "image_path"
-    batch_size: int = 256
-    max_epochs: int = 5
-    pretrained: bool = False
-    init: str | None = None
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-6
-    temperature: float = 0.5
-    seed: int = 0
-    arch: str = "resnet18"
-    image_size: int | None = None
-    proj_dim: int = 128
-    flip: bool = False
-    optimizer: str = "adamw"
-
-
-def parse_options(options: dict[str, Any]) -> TrainOptions:
-    """The job's options (already merged with the defaults and type-checked by ml.build_model),
-    with the checks only simclr knows about. Raises ValueError naming the option."""
-    known = TrainOptions.__dataclass_fields__
-    o = TrainOptions(**{k: v for k, v in options.items() if k in known})
-
-    def positive_int(name: str, value: Any, low: int = 1, high: int | None = None) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
-            limit = f"between {low} and {high}" if high else f"at least {low}"
-            raise ValueError(f"simclr option {name} must be an integer {limit}, got {value!r}")
-
-    positive_int("batch_size", o.batch_size, 2)  # a contrastive batch needs a negative
-    positive_int("max_epochs", o.max_epochs)
-    positive_int("proj_dim", o.proj_dim)
-    if o.image_size is not None:
-        positive_int("image_size", o.image_size, 16, 1024)
-    if not isinstance(o.seed, int):
-        raise TypeError(f"simclr option seed must be an integer, got {o.seed!r}")
-    if o.arch not in simclr.ARCHS:
-        raise ValueError(f"simclr option arch must be one of {', '.join(simclr.ARCHS)}, got {o.arch!r}")
-    if o.optimizer not in OPTIMIZERS:
-        raise ValueError(f"simclr option optimizer must be one of {', '.join(OPTIMIZERS)}, got {o.optimizer!r}")
-    for name in ("learning_rate", "temperature"):
-        if not getattr(o, name) > 0:
-            raise ValueError(f"simclr option {name} must be positive, got {getattr(o, name)!r}")
-    if not o.weight_decay >= 0:
-        raise ValueError(f"simclr option weight_decay must be >= 0, got {o.weight_decay!r}")
-    if o.pretrained and not o.init:
-        raise ValueError('simclr option pretrained is true but init is not set: name a registered simclr '
-                         'model or a directory with a checkpoint, e.g. {"pretrained": true, "init": "my_model"}')
-    if o.init and not o.pretrained:
-        raise ValueError('simclr option init is only used with "pretrained": true')
-    return o
-
 
 # -- the pieces of SimCLR ---------------------------------------------------------------------------
 def augmenter(size: int, flip: bool):
@@ -109,7 +53,7 @@ def nt_xent(z, temperature: float):
     return F.cross_entropy(sim, targets)
 
 
-def make_optimizer(params: list, o: TrainOptions):
+def make_optimizer(params: list, o: SimclrOptions):
     import torch
 
     if o.optimizer == "adamw":
@@ -150,89 +94,8 @@ def _lars_class():
     return LARS
 
 
-def lr_factor(step: int, total: int) -> float:
-    """Linear warm-up over the first 10% of the steps (at most 50), then cosine decay to 0."""
-    warm = max(1, min(50, total // 10))
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
 # -- the loop -------------------------------------------------------------------------------------------
-def _to_cpu(obj: Any) -> Any:
-    """A copy of a (nested) state on the CPU: training goes on changing the live tensors."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-class Checkpoints:
-    """The job's checkpoint: read at the start; written after an epoch on a background thread while
-    the next epoch trains. After every epoch, unless writing them would take more than `share` of
-    the training time (tiny epochs on a CPU, where storing ~140 MB in the database costs about as
-    much as an epoch): then the next one waits until last write's duration / `share` has passed."""
-
-    def __init__(self, host, share: float | None = 0.05) -> None:
-        self.host = host
-        self.share = share
-        self.dir = Path(host.workdir) / "checkpoint"
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="pgsight-simclr-checkpoint")
-        self.pending = None
-        self.started = 0.0    # when the last write began
-        self.cost = 0.0       # how long it took
-        self.written = 0
-        self.waited = 0.0     # seconds the training loop spent on checkpoints (copy + waiting)
-
-    def load(self) -> dict[str, Any] | None:
-        import torch
-
-        if not self.host.load_checkpoint(self.dir):
-            return None
-        return torch.load(self.dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-
-    def due(self) -> bool:
-        if self.share is None:  # every epoch, whatever it costs
-            return True
-        if self.pending is not None and not self.pending.done():
-            return False
-        return not self.written or time.perf_counter() - self.started >= self.cost / self.share
-
-    def save(self, state: dict[str, Any]) -> None:
-        t0 = time.perf_counter()
-        self.wait()
-        self.started = time.perf_counter()
-        self.pending = self.pool.submit(self._write, _to_cpu(state))
-        self.written += 1
-        self.waited += time.perf_counter() - t0
-
-    def _write(self, state: dict[str, Any]) -> None:
-        import torch
-
-        t0 = time.perf_counter()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        torch.save(state, self.dir / "checkpoint.pt")
-        self.host.save_checkpoint(self.dir)
-        self.cost = time.perf_counter() - t0
-
-    def wait(self) -> None:
-        """Until the write in flight is stored; raises its error."""
-        t0 = time.perf_counter()
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
-        self.waited += time.perf_counter() - t0
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)  # never leave a write running past the job
-
-
-def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str, Any],
+def fit(host, images: np.ndarray, o: SimclrOptions, encoder, head, meta: dict[str, Any],
         checkpoint_share: float | None = 0.05) -> dict[str, Any]:
     """Train `encoder` + `head` on `images` (uint8 n x 3 x s x s); resumes from host's checkpoint.
     `checkpoint_share`: at most this share of the time goes to checkpoints (see Checkpoints); None:
@@ -251,16 +114,14 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
     sampler = torch.Generator().manual_seed(o.seed)
     history: list[dict[str, Any]] = []
     checkpoints = Checkpoints(host, checkpoint_share)
+    warmup = max(1, min(50, total // 10))  # 10% of the steps, at most 50, then cosine decay to 0
     try:
         state = checkpoints.load()
         if state is not None:
             encoder.load_state_dict(state["encoder"])
             head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])
-            sampler.set_state(state["sampler_rng"])
-            torch.set_rng_state(state["rng"])
-            if cuda and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"])
+            set_rng_state(state["rng"], sampler)
             history = list(state["history"])
             log.info("resuming SimCLR training at epoch %d of %d", len(history) + 1, o.max_epochs)
         start_epoch = len(history)
@@ -280,7 +141,7 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
             for i in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + i
                 for group in opt.param_groups:
-                    group["lr"] = o.learning_rate * lr_factor(step, total)
+                    group["lr"] = o.learning_rate * schedules.factor(step, total, warmup)
                 x = data[perm[i * bs:(i + 1) * bs].to(data.device)].to(device, non_blocking=True).float() / 255.0
                 views = (torch.cat([aug(x), aug(x)]) - mean) / std
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
@@ -303,8 +164,7 @@ def fit(host, images: np.ndarray, o: TrainOptions, encoder, head, meta: dict[str
             if epoch + 1 < o.max_epochs and checkpoints.due():
                 checkpoints.save({"encoder": encoder.state_dict(), "head": head.state_dict(),
                                   "optimizer": opt.state_dict(), "history": history,
-                                  "sampler_rng": sampler.get_state(), "rng": torch.get_rng_state(),
-                                  **({"cuda_rng": torch.cuda.get_rng_state()} if cuda else {})})
+                                  "rng": rng_state(sampler)})
         checkpoints.wait()
         wall = time.perf_counter() - started
     finally:

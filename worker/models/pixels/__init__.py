@@ -1,0 +1,1 @@
+"""`pixels`: the raw-pixel baseline (adapter.py). Not trained."""
