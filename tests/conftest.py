@@ -54,7 +54,7 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-def kill_worker_after_checkpoint(conn, dsn: str, job: int, image_root: Path, tmp_path: Path, timeout: float = 90) -> None:
+def kill_worker_after_checkpoint(conn, dsn: str, job: int, image_root: Path, tmp_path: Path, timeout: float = 240) -> None:
     """Run a worker process on `job` until the job's first checkpoint is stored, then SIGKILL it (a
     worker that dies mid-training). Set ml.settings worker_timeout low first, so the next worker takes
     the job over at once."""
@@ -66,9 +66,14 @@ def kill_worker_after_checkpoint(conn, dsn: str, job: int, image_root: Path, tmp
     with (tmp_path / "worker.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "pgsight.cli", "worker", "--dsn", dsn, "--image-root",
                                  str(image_root), "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        def checkpointed() -> bool:
+            status, error = conn.execute("SELECT status, error FROM ml.jobs WHERE id = %s", (job,)).fetchone()
+            assert status in ("queued", "running"), f"job {job} {status}: {error}"
+            return conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s",
+                                (f"job/{job}/checkpoint/%",)).fetchone()[0] > 0
+
         try:
-            wait_for(lambda: conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s",
-                                          (f"job/{job}/checkpoint/%",)).fetchone()[0] > 0, timeout=timeout)
+            wait_for(checkpointed, timeout=timeout)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

@@ -32,7 +32,7 @@ from pgsight.worker.kit.models import resolve_model
 from pgsight.worker.kit.options import parse
 from pgsight.worker.kit.pairs import Pairs, keep_loaded, read_pairs
 from pgsight.worker.kit.schedules import lambda_lr
-from pgsight.worker.models.clip.adapter import load_parts
+from pgsight.worker.models.clip.adapter import load_parts, prep_of
 from pgsight.worker.models.clip.options import ClipOptions
 
 log = logging.getLogger("pgsight.worker.clip")
@@ -117,6 +117,39 @@ def model_to_train(ctx, o: ClipOptions, pairs: Pairs):
     )
 
 
+# -- images ---------------------------------------------------------------------------------------
+class Pixels:
+    """The image processor's recipe in two halves, as the clip adapter serves: resize and crop to
+    uint8 when loading (Prep; 4x smaller than float pixels in the job's image table), rescale and
+    normalise per batch on the device. Recipes Prep does not cover run the processor itself."""
+
+    def __init__(self, processor, device: str) -> None:
+        import torch
+
+        self.processor, self.device = processor, device
+        self.prep = prep_of(processor)
+        ip = processor
+        mean = ip.image_mean if getattr(ip, "do_normalize", True) else [0.0] * 3
+        std = ip.image_std if getattr(ip, "do_normalize", True) else [1.0] * 3
+        self.scale = float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else 1.0
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def preprocess(self, image) -> np.ndarray:
+        image = image.convert("RGB")
+        if self.prep is not None:
+            return self.prep(image)
+        return self.processor(images=image, return_tensors="np")["pixel_values"][0]
+
+    def to_model(self, batch: np.ndarray):
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        if x.dtype == torch.uint8:
+            x = (x.float() * self.scale - self.mean) / self.std
+        return x
+
+
 # -- the loop -------------------------------------------------------------------------------------
 def clip_loss(model, pixels, input_ids, attention_mask, same_text):
     """Symmetric InfoNCE; `same_text` (B x B bool) marks the positives of each row."""
@@ -161,10 +194,8 @@ def train(ctx) -> dict[str, Any]:
     pairs = read_pairs(ctx, o.image_col, o.text_col)
     model, tokenizer, processor, origin = model_to_train(ctx, o, pairs)
 
-    def preprocess(image) -> np.ndarray:
-        return processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
-
-    images = load_images(ctx, pairs.refs, preprocess, keys=pairs.keys, column=o.image_col)
+    pix = Pixels(processor, ctx.device)
+    images = load_images(ctx, pairs.refs, pix.preprocess, keys=pairs.keys, column=o.image_col)
     keep_loaded(pairs, sorted(images.position), images.skipped, images.errors)
     n = len(pairs)
     if n < 2:
@@ -217,7 +248,7 @@ def train(ctx) -> dict[str, Any]:
                 with autocast:
                     loss = clip_loss(
                         model,
-                        torch.from_numpy(pixels[idx]).to(device),
+                        pix.to_model(pixels[idx]),
                         enc["input_ids"].to(device),
                         enc["attention_mask"].to(device),
                         (codes[:, None] == codes[None, :]).to(device),
