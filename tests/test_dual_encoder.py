@@ -211,17 +211,17 @@ def test_captioned_digits():
 
 def test_killed_worker_resumes_from_checkpoint(dsn, photos, tiny_dir, tmp_path):
     opts = {"vision": str(tiny_dir), "text": str(tiny_dir), "projection_dim": 8, "text_col": "comment",
-            "batch_size": 8, "max_epochs": 40, "learning_rate": 1e-2}
+            "batch_size": 8, "max_epochs": 20, "learning_rate": 1e-2}
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE ml.settings SET value = '1 second' WHERE key = 'worker_timeout'")
         job = conn.execute("SELECT ml.build_model('resumed_de', 'dual_encoder', "
                            "'SELECT id, image_path, comment FROM photos', %s)", (json.dumps(opts),)).fetchone()[0]
         kill_worker_after_checkpoint(conn, dsn, job, photos, tmp_path)
         status, progress = conn.execute("SELECT status, progress FROM ml.jobs WHERE id = %s", (job,)).fetchone()
-        assert status == "running" and progress.get("epoch", 0) < 40, progress
+        assert status == "running" and progress.get("epoch", 0) < 20, progress
         with running_worker(dsn, [photos]):
             result = finished(conn, job)
         attempts, failed = conn.execute("SELECT attempts, failed FROM ml.jobs WHERE id = %s", (job,)).fetchone()
-        assert attempts == 2 and result["resumed_from_epoch"] >= 1 and len(result["epoch_losses"]) == 40
-        assert result["steps"] == 40 * 2 and failed == 1  # missing.png, in ml.errors once for both attempts
+        assert attempts == 2 and result["resumed_from_epoch"] >= 1 and len(result["epoch_losses"]) == 20
+        assert result["steps"] == 20 * 2 and failed == 1  # missing.png, in ml.errors once for both attempts
         assert conn.execute("SELECT row_key FROM ml.errors WHERE job_id = %s", (job,)).fetchall() == [("99",)]
