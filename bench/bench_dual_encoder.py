@@ -34,16 +34,16 @@ OUT = Path(__file__).resolve().parent / "out"
 #: the four vision encoders, about 60-90 k parameters each, 32x32 input
 VISION = {
     "vit": {"model_type": "vit", "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3,
-            "num_attention_heads": 4, "patch_size": 8},
+            "num_attention_heads": 4, "patch_size": 8, "initializer_range": 0.1},
     "swin": {"model_type": "swin", "embed_dim": 24, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4,
-             "patch_size": 4},
+             "patch_size": 4, "initializer_range": 0.1},
     "beit": {"model_type": "beit", "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3,
-             "num_attention_heads": 4, "patch_size": 8, "use_mean_pooling": True},
+             "num_attention_heads": 4, "patch_size": 8, "use_mean_pooling": True, "initializer_range": 0.1},
     "deit": {"model_type": "deit", "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3,
-             "num_attention_heads": 4, "patch_size": 8},
+             "num_attention_heads": 4, "patch_size": 8, "initializer_range": 0.1},
 }
 TEXT = {"model_type": "roberta", "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4}
+        "num_attention_heads": 4, "initializer_range": 0.1}
 
 
 def options(vision: str, epochs: int) -> dict:

@@ -53,7 +53,7 @@ BEGIN
         RAISE EXCEPTION 'pgsight: query-time request refused: its ticket does not match'
             USING ERRCODE = 'insufficient_privilege', HINT = 'call ml.embed_image, ml.embed_text or ml.answer';
     END IF;
-    IF op IS NULL OR op NOT IN ('embed', 'answer', 'describe', 'classify') OR payload IS NULL THEN
+    IF op IS NULL OR op NOT IN ('embed', 'answer', 'describe', 'classify', 'generate') OR payload IS NULL THEN
         RAISE EXCEPTION 'pgsight: unknown query-time request %', coalesce(quote_literal(op), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -267,9 +267,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL');
     END IF;
-    IF (SELECT outputs FROM ml.model_kinds mk WHERE mk.kind = m.kind) <> 'answer' THEN
+    IF NOT EXISTS (SELECT 1 FROM ml.model_kinds mk WHERE mk.kind = m.kind AND mk.outputs = 'answer'
+                   AND mk.modalities @> '{image,text}') THEN  -- a captioner generates from the image alone
         RAISE EXCEPTION 'pgsight: model % (kind %) does not answer questions', model_name, m.kind
-            USING HINT = 'use a model of kind vilt';
+            USING HINT = CASE WHEN ml._generates(m.kind) THEN 'use ml.generate' ELSE 'use a model of kind vilt' END;
     END IF;
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'pgsight: k must be at least 1, got %', k;

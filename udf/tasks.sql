@@ -40,10 +40,16 @@ BEGIN
     IF task_kind = 'embedding' AND k.outputs <> 'embedding' THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) answers questions and makes no embeddings', model_name, m.kind
             USING HINT = 'use ml.create_prediction';
+    ELSIF task_kind = 'prediction' AND ml._is_generation(question) AND NOT ml._generates(m.kind) THEN  -- udf/generate.sql
+        RAISE EXCEPTION 'pgsight: model % (kind %) does not generate text', model_name, m.kind
+            USING HINT = 'use a model of kind captioner or blip2';
     ELSIF task_kind = 'prediction' AND k.outputs <> 'answer'
           AND NOT (k.modalities @> '{image,text}' AND ml._is_classification(question)) THEN  -- udf/classify.sql
         RAISE EXCEPTION 'pgsight: model % (kind %) makes embeddings and answers no questions', model_name, m.kind
             USING HINT = 'use ml.create_embedding';
+    ELSIF task_kind = 'prediction' AND NOT ml._is_generation(question) AND NOT k.modalities @> '{image,text}' THEN
+        RAISE EXCEPTION 'pgsight: model % (kind %) answers no questions: it generates text from the image', model_name, m.kind
+            USING HINT = 'use ml.create_generation';
     END IF;
     IF modality IS NULL OR NOT modality = ANY (k.modalities) OR (task_kind = 'prediction' AND modality <> 'image') THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) cannot embed modality %', model_name, m.kind,

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgsight.worker.images import ImageError, ImageLoader
+from pgsight.worker.kit import generation
 from pgsight.worker.loaders import LoaderPool
 from pgsight.worker.models import Adapter
 from pgsight.worker.registry import ModelCache, ModelLoadError
@@ -146,6 +147,10 @@ class RowProcessor:
                     raise ValueError("the model produced NaN or infinite values")
                 for i, vec in zip(ok, out):
                     batch.results[i] = vec
+            elif generation.is_spec(batch.task["question"]):  # ml.create_generation: text, score
+                spec = generation.parse_spec(batch.task["question"])
+                for i, pair in zip(ok, batch.adapter.generate(items, spec.prompt, spec.opts)):
+                    batch.results[i] = pair
             else:
                 answers = batch.adapter.answer(items, [batch.task["question"]] * len(items), 1)
                 for i, ranked in zip(ok, answers):

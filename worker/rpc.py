@@ -1,4 +1,4 @@
-"""Query-time requests (ml.embed_image, ml.embed_text, ml.answer, ml.classify, ml.load_model's describe),
+"""Query-time requests (ml.embed_image, ml.embed_text, ml.answer, ml.classify, ml.generate, ml.load_model's describe),
 served on a thread of their own so that a long backfill never delays a search."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 from pgsight.worker.connection import connect
 from pgsight.worker.images import ImageError, ImageLoader
+from pgsight.worker.kit import generation
 from pgsight.worker.models.clip.zeroshot import check, ranked
 from pgsight.worker.registry import ModelCache
 
@@ -68,6 +69,8 @@ class RpcServer:
                     replies.update(self._answers(conn, model, reqs))
                 elif op == "classify":
                     replies.update(self._classify(conn, model, reqs))
+                elif op == "generate":
+                    replies.update(self._generate(conn, model, reqs))
                 else:
                     raise ValueError(f"unknown request {op!r}")
             except Exception as e:  # the group failed: every caller in it gets the reason
@@ -141,4 +144,22 @@ class RpcServer:
             for (rid, _), row in zip(items, ranked(probs, labels)):
                 body = [{"label": a, "score": s} for a, s in row]
                 out[rid] = (None, psycopg.types.json.Jsonb(body), None)
+        return out
+
+    def _generate(self, conn, model: str, reqs: list[tuple]) -> dict[int, tuple]:
+        """Text from images: one batched generate() per (prompt, options) among the requests."""
+        out: dict[int, tuple] = {}
+        adapter = self.models.get(conn, model, reqs[0][3].get("version"))
+        if not hasattr(adapter, "generate"):
+            raise ValueError(f"model {model!r} ({adapter.kind}) does not generate text")
+        groups: dict[generation.Spec, list[tuple[int, Any]]] = defaultdict(list)
+        for rid, _, _, payload, image in reqs:
+            try:
+                spec = generation.make_spec(payload.get("prompt"), payload.get("options"))
+                groups[spec].append((rid, self._load(adapter, payload, image)))
+            except (ImageError, ValueError) as e:
+                out[rid] = (None, None, str(e))
+        for spec, items in groups.items():
+            for (rid, _), (text, score) in zip(items, adapter.generate([x for _, x in items], spec.prompt, spec.opts)):
+                out[rid] = (None, psycopg.types.json.Jsonb({"text": text, "score": score}), None)
         return out

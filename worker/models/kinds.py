@@ -68,7 +68,9 @@ BUILTIN: dict[str, Kind] = {k.name: k for k in (
          options=".models.simclr.options:SimclrOptions"),
     Kind("vilt", adapter=".models.vilt.adapter:ViltAdapter", train=".models.vilt.train:train",
          evaluate=".models.vilt.evaluate:evaluate", options=".models.vilt.options:ViltOptions"),
-    Kind("blip2", adapter=".models.blip2.adapter:Blip2Adapter", evaluate=".kit.vqa:evaluate"),
+    Kind("blip2", adapter=".models.blip2.adapter:Blip2Adapter", evaluate=".models.blip2.evaluate:evaluate"),
+    Kind("captioner", adapter=".models.captioner.adapter:CaptionerAdapter", train=".models.captioner.train:train",
+         evaluate=".models.captioner.evaluate:evaluate", options=".models.captioner.options:CaptionerOptions"),
 )}
 
 

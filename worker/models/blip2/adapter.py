@@ -1,6 +1,8 @@
 """`blip2`: generative visual question answering (transformers' Blip2ForConditionalGeneration, e.g.
 Salesforce/blip2-opt-2.7b), through the same functions as `vilt`: ml.create_prediction, ml.answer,
-ml.answers and ml.evaluate_vqa. Registered with ml.load_model; not trained by pgsight.
+ml.answers and ml.evaluate_vqa; and captioning through ml.generate, ml.create_generation and
+ml.evaluate_generation (`generate`: the image, then the prompt as given, no question template).
+Registered with ml.load_model; not trained by pgsight.
 
 The model is asked `Question: {question} Answer:` (Hugging Face's VQA guide; load option `prompt`
 overrides it, `{}` standing for the question) and generates at most `max_new_tokens` (default 10)
@@ -27,6 +29,7 @@ from pgsight.worker.models import Adapter
 from PIL import Image
 
 PROMPT = "Question: {} Answer:"
+CAPTION_TOKENS = 30  # ml.generate's default max_new_tokens
 
 
 class Blip2Adapter(Adapter):
@@ -98,6 +101,29 @@ class Blip2Adapter(Adapter):
         ids = self.tokenizer([str(q).strip() for q in questions], add_special_tokens=False)["input_ids"]
         cut = self.tokenizer.batch_decode([x[:self.max_question_tokens] for x in ids])
         return [self.prompt.format(q.strip()) for q in cut]
+
+    def generate(self, items: list[torch.Tensor], prompt: str | None, opts: dict[str, Any]) -> list[tuple[str, float]]:
+        """Captioning (ml.generate, ml.create_generation): the text generated after the image and the
+        prompt as it is (no question template; none: the BOS token alone, as Blip2 generate() does)."""
+        from pgsight.worker.kit import generation as g
+
+        with self._tok_lock:
+            ids = self.tokenizer(prompt)["input_ids"] if prompt else [self.model.config.text_config.bos_token_id]
+        start = [self.image_token_id] * self.num_query + list(ids)
+        out: list[tuple[str, float]] = []
+        eos = self.model.generation_config.eos_token_id
+        for b in range(0, len(items), self.batch_size):
+            chunk = items[b:b + self.batch_size]
+            x = torch.stack(chunk).to(self.device).float()
+            input_ids = torch.tensor([start] * len(chunk), dtype=torch.long, device=self.device)
+            inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                      "pixel_values": ((x * self._scale - self._mean) / self._std).to(self.dtype)}
+            new, scores = g.run(self.model, inputs, len(start), opts, CAPTION_TOKENS, self.tokenizer.pad_token_id,
+                                eos[0] if isinstance(eos, list) else eos)
+            with self._tok_lock:
+                texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            out.extend((g.clean(t), float(s)) for t, s in zip(texts, scores))
+        return out
 
     def answer(self, items: list[torch.Tensor], questions: list[str], k: int) -> list[list[tuple[str, float]]]:
         if len(items) != len(questions):
