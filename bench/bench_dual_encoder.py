@@ -101,7 +101,8 @@ def main() -> int:
         "results": results, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "dual_encoder_ablation.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    path = OUT / ("dual_encoder_ablation.json" if names == list(VISION) else f"dual_encoder_ablation_{'_'.join(names)}.json")
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     print("\n| vision encoder | params (all) | image→text R@1 / R@5 / R@10 (by image) | text→image R@1 / R@5 / R@10 "
           "(by image) | text→image R@1 / R@5 / R@10 (by digit) | train s |")
     print("|---|---|---|---|---|---|")
@@ -110,7 +111,7 @@ def main() -> int:
         print(f"| {name} | {r['train']['trainable_parameters']:,} | {a['i2t R@1']:.3f} / {a['i2t R@5']:.3f} / "
               f"{a['i2t R@10']:.3f} | {a['t2i R@1']:.3f} / {a['t2i R@5']:.3f} / {a['t2i R@10']:.3f} | "
               f"{b['t2i R@1']:.3f} / {b['t2i R@5']:.3f} / {b['t2i R@10']:.3f} | {r['train']['train_seconds']} |")
-    print(f"wrote {OUT / 'dual_encoder_ablation.json'}")
+    print(f"wrote {path}")
     return 0
 
 
