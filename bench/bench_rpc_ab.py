@@ -2,7 +2,7 @@
 session against one worker (fair on a loaded machine): the old path (the loopback session commits
 the request and polls, udf/rpc.sql at commit 9353bf9) vs the current one (the caller polls in its own
 backend; token, ticket, request deleted after the reply). Distinct images, so the session cache
-never answers; round trip of `(ml._rpc(...)).vec` in ms.
+never answers; round trip of `(ml_private._rpc(...)).vec` in ms.
 
     .venv/bin/python bench/bench_rpc_ab.py [--calls 300] [--before 9353bf9]
 """
@@ -31,9 +31,9 @@ CALL = ("SELECT (ml.{fn}('embed', 'px', jsonb_build_object('modality', 'image', 
 def old_functions(commit: str) -> tuple[str, str]:
     sql = subprocess.run(["git", "show", f"{commit}:udf/rpc.sql"], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent).stdout
-    proc = sql[sql.index("CREATE OR REPLACE PROCEDURE ml._rpc_call"):sql.index("CREATE OR REPLACE FUNCTION ml._rpc(")]
-    fn = sql[sql.index("CREATE OR REPLACE FUNCTION ml._rpc("):sql.index("CREATE OR REPLACE FUNCTION ml._rpc_json")]
-    return proc, fn.replace("FUNCTION ml._rpc(", "FUNCTION ml._rpc_before(")
+    proc = sql[sql.index("CREATE OR REPLACE PROCEDURE ml_private._rpc_call"):sql.index("CREATE OR REPLACE FUNCTION ml_private._rpc(")]
+    fn = sql[sql.index("CREATE OR REPLACE FUNCTION ml_private._rpc("):sql.index("CREATE OR REPLACE FUNCTION ml_private._rpc_json")]
+    return proc, fn.replace("FUNCTION ml_private._rpc(", "FUNCTION ml_private._rpc_before(")
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""Cost of writing a 256-row batch back as the table's owner (ml._as_owner -> ml_owner."u<oid>") versus
-the same statement with the worker's own rights (ml._user_table_op, the previous path), interleaved,
+"""Cost of writing a 256-row batch back as the table's owner (ml_private._as_owner -> ml_owner."u<oid>") versus
+the same statement with the worker's own rights (ml_private._user_table_op, the previous path), interleaved,
 from a pgsight_worker login, on a table owned by a tenant role. Usage: python bench/owner_writeback.py [rounds]"""
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def main(rounds: int = 40) -> None:
         times: dict[str, list[float]] = {"owner": [], "worker": []}
         with psycopg.connect(make_conninfo(dsn, user="bench_wrk"), autocommit=True) as w:
             w.execute("DELETE FROM ml.queue")  # no worker runs: the rows stay as they are
-            q = {"owner": "SELECT cardinality(o.wrote) FROM ml._as_owner(ml._task(%s), 'write', %s, %s, %s::text[]::vector[]) o",
-                 "worker": "SELECT cardinality(o.wrote) FROM ml._user_table_op(ml._task(%s), 'write', %s, %s, %s::text[]::vector[]) o"}
+            args = "(ml_private._task(%s), 'write', %s, %s, %s::text[]::vector[]) o"
+            q = {"owner": "SELECT cardinality(o.wrote) FROM ml_private._as_owner" + args,
+                 "worker": "SELECT cardinality(o.wrote) FROM ml_private._user_table_op" + args}
             for r in range(rounds + 2):
                 for name in (("owner", "worker") if r % 2 else ("worker", "owner")):
                     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 (the query runs once, at submission, into ml.snapshot_<job>), against running the same query
 alone; and the worker streaming the snapshot against streaming the query (what it did before).
 Also what queueing a backfill costs now that the caller reads the keys and a SECURITY DEFINER
-helper queues them (ml._backfill), against the single INSERT ... SELECT it was before.
+helper queues them (ml_private._backfill), against the single INSERT ... SELECT it was before.
 Side by side, interleaved, on an embedded server. Usage: python bench/snapshot_submit.py [rows]"""
 from __future__ import annotations
 
@@ -58,14 +58,14 @@ def main(n: int) -> None:
         queue_new, queue_old = [], []
         for _ in range(3):
             conn.execute("DELETE FROM ml.queue")
-            queue_new.append(timed(lambda: conn.execute("SELECT ml._backfill(%s)", (tid,))))
+            queue_new.append(timed(lambda: conn.execute("SELECT ml_private._backfill(%s)", (tid,))))
             conn.execute("DELETE FROM ml.queue")
             queue_old.append(timed(lambda: conn.execute(
                 "INSERT INTO ml.queue (task_id, key, job_id) SELECT %s, id::text, NULL FROM pics "
                 "WHERE image_path IS NOT NULL", (tid,))))
         med = statistics.median
         print(f"{n} rows, median of 3 (interleaved):")
-        print(f"  queueing a backfill: ml._backfill (keys read by the caller, queued by the helper): {med(queue_new):.3f} s; "
+        print(f"  queueing a backfill: ml_private._backfill (keys read by the caller, queued by the helper): {med(queue_new):.3f} s; "
               f"one INSERT ... SELECT (before): {med(queue_old):.3f} s")
         print(f"  ml.build_model submission (query + snapshot): {med(submit):.3f} s; the query alone into a temp table: "
               f"{med(alone):.3f} s")

@@ -102,7 +102,7 @@ def _workers(conn: psycopg.Connection) -> list[Check]:
                          "start one: pgsight worker --image-root DIR (or `pgsight up` for the embedded server)"))
     elif dead:
         out.append(Check("workers", "warn", f"{dead} registered worker(s) stopped sending heartbeats",
-                         "their rows go to the live workers; ml.reap() forgets them"))
+                         "their rows go to the live workers; ml_internal.reap() forgets them"))
     return out
 
 

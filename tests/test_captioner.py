@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 
 import psycopg
 import pytest
 import tiny_captioner
-from conftest import wait_for
+from conftest import kill_worker_after_checkpoint
 from pgsight.worker.kit.captions import caption_metrics, java
 
 from pgsight import datasets
@@ -78,6 +75,8 @@ def test_train_generate_evaluate(dsn, comments, tmp_path):
         for path, label in rows:
             text = conn.execute("SELECT ml.generate('cap', %s)", (path,)).fetchone()[0]
             right += NAMES[label] in text.split()
+        print(f"captioner: {right}/{len(rows)} training images named right; "
+              f"trained in {j['result']['train_seconds']} s ({j['result']['steps']} steps)")
         assert right >= 0.75 * len(rows), right  # chance: 1/3
 
         # evaluation: references grouped by image; perfect hypotheses score BLEU 1
@@ -88,6 +87,7 @@ def test_train_generate_evaluate(dsn, comments, tmp_path):
         assert set(got) >= {"bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "perplexity", "distinct_1",
                             "distinct_2", "mean_length", "images"}
         assert got["images"][0] == 12 and got["references"][0] == 24
+        print("evaluate_generation:", {m: round(v, 4) for m, (v, _) in got.items() if v is not None})
         assert 0.3 < got["bleu_1"][0] <= 1 and 1 <= got["perplexity"][0] < 20
         assert got["meteor"] == (None, "not computed: option meteor is false")
         # the model's own texts as hypotheses give the same numbers as generating them
@@ -128,23 +128,16 @@ def test_meteor_with_java():
 
 
 def test_killed_worker_resumes_from_checkpoint(dsn, comments, tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE ml.settings SET value = '1 second' WHERE key = 'worker_timeout'")
-        job = build(conn, "resumed", {**OPTIONS, "encoder": tiny_captioner.ENCODER, "max_epochs": 30, "batch_size": 4})
-        with (tmp_path / "worker.log").open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "pgsight.cli", "worker", "--dsn", dsn, "--image-root",
-                                     str(comments), "--device", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                wait_for(lambda: conn.execute("SELECT count(*) FROM ml.blobs WHERE key LIKE %s",
-                                              (f"job/{job}/checkpoint/%",)).fetchone()[0] > 0, timeout=90)
-            finally:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+        job = build(conn, "resumed", {**OPTIONS, "encoder": tiny_captioner.ENCODER, "max_epochs": 30})
+        kill_worker_after_checkpoint(conn, dsn, job, comments, tmp_path)
         first = job_row(conn, job)
         assert first["status"] == "running" and first["progress"]["epoch"] < 30, first
         with running_worker(dsn, [comments], cache_dir=tmp_path / "cache"):
             assert conn.execute("SELECT ml.wait(%s, '180 seconds')", (job,)).fetchone()[0] == "done", job_row(conn, job)
+            # the resumed model generates (its tokenizer came back from the checkpoint)
+            assert conn.execute("SELECT ml.generate('resumed', 'd/0.png') IS NOT NULL").fetchone()[0]
         j = job_row(conn, job)
         assert j["attempts"] == 2 and j["result"]["resumed_from_epoch"] >= 1
         assert len(j["result"]["history"]) == 30 and j["result"]["history"][-1]["epoch"] == 30

@@ -69,12 +69,12 @@ def test_show_reads_from_the_live_workers_roots_and_fails_when_nothing_is_readab
         assert ("error: none of the 4 image(s) in column image_path could be read (first: " in res.stderr
                 and f"searched under {tmp_path}: give the directory they are under with --image-root" in res.stderr)
 
-        wid = conn.execute("SELECT ml.worker_register('elsewhere', 1, 'cpu', %s)",
+        wid = conn.execute("SELECT ml_internal.worker_register('elsewhere', 1, 'cpu', %s)",
                            (json.dumps({"roots": [str(root)]}),)).fetchone()[0]
         try:
             res = cli.invoke(app, ["show", "SELECT image_path FROM pics ORDER BY id", "--dsn", dsn, "-o", str(out)])
         finally:
-            conn.execute("SELECT ml.worker_unregister(%s)", (wid,))
+            conn.execute("SELECT ml_internal.worker_unregister(%s)", (wid,))
     assert res.exit_code == 0, res.output
     assert f"image roots: {root} (from the live workers; --image-root to choose)" in res.stderr
     assert f"wrote {out} (4 image(s)" in res.stderr and out.exists()

@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 def error_of(dsn: str) -> Exception:
     try:
         with psycopg.connect(dsn) as conn:
-            conn.execute("SELECT ml.worker_register('h', 1, 'cpu', '{}')")
+            conn.execute("SELECT ml_internal.worker_register('h', 1, 'cpu', '{}')")
     except psycopg.Error as e:
         return e
     raise AssertionError("no error")

@@ -39,7 +39,8 @@ def test_registry_matches_model_kinds(dsn):
         if k.evaluate is not None:
             assert callable(k.evaluate_fn())
         assert overrides(adapter, "embed_images") == (outputs == "embedding"), name
-        assert overrides(adapter, "answer") or outputs != "answer", name
+        # outputs 'answer': text, answers to questions or generated (ml.generate)
+        assert overrides(adapter, "answer") or overrides(adapter, "generate") or outputs != "answer", name
         assert ("text" in modalities) == (overrides(adapter, "embed_texts") or overrides(adapter, "answer")), name
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ class Host:
         self.workdir = workdir
         self.loader_threads = 2
         self.recorded: list[tuple[list, str | None]] = []
-        self.models = {"mine": {"kind": "vilt"}}
+        self.models = {"mine": SimpleNamespace(kind="vilt")}
 
     def load_image(self, ref):
         return self.loader.load(None, bytes(ref)) if isinstance(ref, bytes) else self.loader.load(ref, None)

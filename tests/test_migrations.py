@@ -24,7 +24,7 @@ def blank_db(pgsight_server):
 def ml_objects(dsn):
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                            "WHERE n.nspname = 'ml'").fetchone()[0]
+                            "WHERE n.nspname IN ('ml', 'ml_private', 'ml_internal')").fetchone()[0]
 
 
 def test_upgrade_downgrade_upgrade(blank_db):

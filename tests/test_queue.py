@@ -53,8 +53,8 @@ def test_rows_of_a_dead_worker_are_taken_over(dsn, many):
         conn.execute("UPDATE ml.settings SET value = '1 second' WHERE key = 'worker_timeout'")
         job = conn.execute("SELECT ml.create_embedding('items', 'px', 'path')").fetchone()[0]
         # a worker registers, claims 100 rows and dies without a word
-        ghost = conn.execute("SELECT ml.worker_register('ghost', 1, 'cpu')").fetchone()[0]
-        claimed = conn.execute("SELECT count(*) FROM ml.claim(%s, 100)", (ghost,)).fetchone()[0]
+        ghost = conn.execute("SELECT ml_internal.worker_register('ghost', 1, 'cpu')").fetchone()[0]
+        claimed = conn.execute("SELECT count(*) FROM ml_internal.claim(%s, 100)", (ghost,)).fetchone()[0]
         assert claimed == 100
         with running_worker(dsn, [many]):
             assert conn.execute("SELECT ml.wait(%s, '60 seconds')", (job,)).fetchone()[0] == "done"
@@ -101,13 +101,13 @@ def test_retries_back_off_then_dead_letter(dsn, many):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE ml.settings SET value = '3' WHERE key = 'max_attempts'")
         job = conn.execute("SELECT ml.create_embedding('items', 'px', 'path')").fetchone()[0]
-        w = conn.execute("SELECT ml.worker_register('t', 1, 'cpu')").fetchone()[0]
+        w = conn.execute("SELECT ml_internal.worker_register('t', 1, 'cpu')").fetchone()[0]
         for attempt in range(1, 4):
             conn.execute("UPDATE ml.queue SET not_before = NULL")  # skip the backoff wait
-            rows = conn.execute("SELECT queue_id, task_id FROM ml.claim(%s, 5)", (w,)).fetchall()
+            rows = conn.execute("SELECT queue_id, task_id FROM ml_internal.claim(%s, 5)", (w,)).fetchall()
             ids = [r[0] for r in rows]
             assert len(ids) == 5
-            dead = conn.execute("SELECT ml.retry_rows(%s, %s, %s, 'device exploded')", (w, rows[0][1], ids)).fetchone()[0]
+            dead = conn.execute("SELECT ml_internal.retry_rows(%s, %s, %s, 'device exploded')", (w, rows[0][1], ids)).fetchone()[0]
             backoff = conn.execute("SELECT min(not_before - now()) FROM ml.queue WHERE id = ANY(%s)", (ids,)).fetchone()[0]
             if attempt < 3:
                 assert dead == 0 and backoff.total_seconds() >= 2 ** attempt - 1

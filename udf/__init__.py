@@ -8,10 +8,10 @@ from __future__ import annotations
 from importlib import resources
 
 #: Idempotent files, in the order they are applied (later files call functions of earlier ones).
-FUNCTION_FILES = ("kinds.sql", "util.sql", "security.sql", "options.sql", "models.sql", "ddl.sql", "tasks.sql",
-                  "owner.sql", "queue.sql", "jobs.sql", "rpc.sql", "classify.sql", "generate.sql", "worker.sql", "training.sql",
-                  "status.sql",
-                  "privileges.sql")
+FUNCTION_FILES = ("internal.sql", "kinds.sql", "util.sql", "security.sql", "options.sql", "models.sql", "ddl.sql", "tasks.sql",
+                  "owner.sql", "queue.sql", "jobs.sql", "rpc.sql", "classify.sql", "generate.sql",
+                  "worker.sql", "training.sql", "status.sql",
+                  "reference.sql", "privileges.sql")
 
 
 def read(name: str) -> str:

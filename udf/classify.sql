@@ -3,13 +3,13 @@
 -- label column and <col>_score kept in sync. The probabilities are the softmax over CLIP's
 -- logits_per_image (logit_scale.exp() * cosine of the image and each label's text embedding).
 --
--- A classification is a prediction task (same triggers, queue, write path ml.write_predictions,
+-- A classification is a prediction task (same triggers, queue, write path ml_internal.write_predictions,
 -- ownership and drop) whose question is its label set as JSON:
 -- {"classify": {"labels": [...], "template": "a photo of {}" | null}}. The worker embeds a label
 -- set once per model version (worker/models/zeroshot.py).
 
 -- The model must be one whose kind embeds both images and texts (clip).
-CREATE OR REPLACE FUNCTION ml._check_classifier(model_name text) RETURNS ml.models
+CREATE OR REPLACE FUNCTION ml_private._check_classifier(model_name text) RETURNS ml.models
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     m ml.models;
@@ -29,7 +29,7 @@ BEGIN
 END $$;
 
 -- The label set of a classification, validated, as the JSON its task and requests carry.
-CREATE OR REPLACE FUNCTION ml._label_spec(labels text[], options jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION ml_private._label_spec(labels text[], options jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     template jsonb;
@@ -72,8 +72,8 @@ BEGIN
 END $$;
 
 -- Is this prediction task's question a label set (a classification)? One that looks like a label
--- set but is not a valid one is refused here (ml._check_task), never by the worker later.
-CREATE OR REPLACE FUNCTION ml._is_classification(question text) RETURNS boolean
+-- set but is not a valid one is refused here (ml_private._check_task), never by the worker later.
+CREATE OR REPLACE FUNCTION ml_private._is_classification(question text) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     spec jsonb;
@@ -86,23 +86,23 @@ BEGIN
         RAISE EXCEPTION 'pgsight: a label set needs {"classify": {"labels": [...]}}, got %', question
             USING HINT = 'use ml.create_classification', ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM ml._label_spec(ARRAY(SELECT jsonb_array_elements_text(spec->'labels')), spec - 'labels');
+    PERFORM ml_private._label_spec(ARRAY(SELECT jsonb_array_elements_text(spec->'labels')), spec - 'labels');
     RETURN true;
 END $$;
 
-CREATE OR REPLACE FUNCTION ml._classify(model_name text, input text, image bytea, labels text[], options jsonb)
+CREATE OR REPLACE FUNCTION ml_private._classify(model_name text, input text, image bytea, labels text[], options jsonb)
 RETURNS TABLE (label text, score real)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
-    m ml.models := ml._check_classifier(model_name);
-    spec jsonb := ml._label_spec(labels, options);
+    m ml.models := ml_private._check_classifier(model_name);
+    spec jsonb := ml_private._label_spec(labels, options);
 BEGIN
     IF input IS NULL AND image IS NULL THEN
         RETURN;
     END IF;
     RETURN QUERY
     SELECT a->>'label', (a->>'score')::real
-    FROM jsonb_array_elements(ml._rpc_json('classify', model_name,
+    FROM jsonb_array_elements(ml_private._rpc_json('classify', model_name,
             spec || jsonb_build_object('input', input, 'version', m.version), image)) AS a;
 END $$;
 
@@ -110,14 +110,20 @@ END $$;
 CREATE OR REPLACE FUNCTION ml.classify(model text, image text, labels text[], options jsonb DEFAULT '{}')
 RETURNS TABLE (label text, score real)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT c.label, c.score FROM ml._classify(model, image, NULL, labels, options) c ORDER BY c.score DESC
+    SELECT c.label, c.score FROM ml_private._classify(model, image, NULL, labels, options) c ORDER BY c.score DESC
 $$;
+COMMENT ON FUNCTION ml.classify(text, text, text[], jsonb) IS
+    'classify(model, image path or URL, labels, options DEFAULT ''{}'') -> (label, score) per label, most '
+    'probable first. Zero-shot, with a CLIP-style model; options: template (default ''a photo of a {}'').';
 
 CREATE OR REPLACE FUNCTION ml.classify(model text, image bytea, labels text[], options jsonb DEFAULT '{}')
 RETURNS TABLE (label text, score real)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT c.label, c.score FROM ml._classify(model, NULL, image, labels, options) c ORDER BY c.score DESC
+    SELECT c.label, c.score FROM ml_private._classify(model, NULL, image, labels, options) c ORDER BY c.score DESC
 $$;
+COMMENT ON FUNCTION ml.classify(text, bytea, text[], jsonb) IS
+    'classify(model, image bytes, labels, options DEFAULT ''{}'') -> (label, score) per label, most probable '
+    'first.';
 
 -- A column result_col with each row's most probable label and result_col_score with its
 -- probability, kept in sync like ml.create_prediction (same task machinery, ownership and drop).
@@ -129,11 +135,15 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     spec jsonb;
 BEGIN
-    PERFORM ml._check_classifier(model);
-    spec := ml._label_spec(labels, options);
-    RETURN ml._create_task('prediction', table_name, model, image_col, result_col, 'image',
+    PERFORM ml_private._check_classifier(model);
+    spec := ml_private._label_spec(labels, options);
+    RETURN ml_private._create_task('prediction', table_name, model, image_col, result_col, 'image',
                            jsonb_build_object('classify', spec)::text);
 END $$;
+COMMENT ON FUNCTION ml.create_classification(regclass, text, text, text[], text, jsonb) IS
+    'create_classification(table, model, image_col, labels, result_col DEFAULT ''label'', options DEFAULT '
+    '''{}'') -> job id. Adds result_col (the most probable label) and result_col_score, kept in sync like '
+    'create_prediction.';
 
 CREATE OR REPLACE PROCEDURE ml.create_classification_and_wait(table_name regclass, model text, image_col text,
                                                               labels text[],
@@ -144,7 +154,7 @@ CREATE OR REPLACE PROCEDURE ml.create_classification_and_wait(table_name regclas
                                                               INOUT status text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM ml._check_may_commit('create_classification_and_wait');
+    PERFORM ml_private._check_may_commit('create_classification_and_wait');
     job_id := ml.create_classification(table_name, model, image_col, labels, result_col, options);
     COMMIT;
     status := ml.wait(job_id, timeout);
@@ -156,5 +166,7 @@ COMMENT ON PROCEDURE ml.create_classification_and_wait IS
 -- Drops the label column and its _score column (ml.drop_prediction does the same).
 CREATE OR REPLACE FUNCTION ml.drop_classification(table_name regclass, result_col text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._drop_task('prediction', table_name, result_col)
+    SELECT ml_private._drop_task('prediction', table_name, result_col)
 $$;
+COMMENT ON FUNCTION ml.drop_classification(regclass, text) IS
+    'drop_classification(table, result_col): drop the label column and its _score column (as drop_prediction).';

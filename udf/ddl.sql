@@ -5,7 +5,7 @@
 -- A task with the current names of its columns, looked up by attribute number (a RENAME is
 -- followed even where no event trigger keeps ml.tasks up to date). NULL when the task or its table
 -- is gone.
-CREATE OR REPLACE FUNCTION ml._task(tid int) RETURNS ml.tasks
+CREATE OR REPLACE FUNCTION ml_private._task(tid int) RETURNS ml.tasks
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     t ml.tasks;
@@ -28,7 +28,7 @@ END $$;
 -- batch failed the same way ...): record it on the task, back the task off exponentially (capped by
 -- the task_backoff_max setting: a fix is picked up soon) and hand back its claimed rows without
 -- counting the attempt against them. Other tasks keep being served.
-CREATE OR REPLACE FUNCTION ml._task_failed(tid int, err text, queue_ids bigint[]) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal._task_failed(tid int, err text, queue_ids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
     UPDATE ml.tasks SET state = 'failing', error = err, failures = failures + 1, failed_at = now(),
@@ -42,15 +42,15 @@ BEGIN
     END IF;
 END $$;
 
--- Worker: a task-level error caught outside SQL (the worker's side of ml._task_failed).
-CREATE OR REPLACE FUNCTION ml.task_failed(worker bigint, tid int, queue_ids bigint[], err text) RETURNS void
+-- Worker: a task-level error caught outside SQL (the worker's side of ml_internal._task_failed).
+CREATE OR REPLACE FUNCTION ml_internal.task_failed(worker bigint, tid int, queue_ids bigint[], err text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
-    PERFORM ml._task_failed(tid, err, (SELECT array_agg(id) FROM ml.queue
+    PERFORM ml_internal._task_failed(tid, err, (SELECT array_agg(id) FROM ml.queue
                                        WHERE id = ANY (queue_ids) AND claimed_by = worker));
 END $$;
 
-CREATE OR REPLACE FUNCTION ml._task_ok(tid int) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal._task_ok(tid int) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
     UPDATE ml.tasks SET state = 'ok', error = NULL, failures = 0, not_before = NULL
@@ -58,18 +58,18 @@ BEGIN
 END $$;
 
 -- SQLSTATE classes an error of one row raises (bad data, a constraint, a user trigger's RAISE);
--- anything else hitting every row of a batch is the task's problem (see ml._task_failed).
-CREATE OR REPLACE FUNCTION ml._is_row_error(state text) RETURNS boolean
+-- anything else hitting every row of a batch is the task's problem (see ml_internal._task_failed).
+CREATE OR REPLACE FUNCTION ml_internal._is_row_error(state text) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
     SELECT left(state, 2) IN ('22', '23', 'P0', '27', '09', '44', '2F', '38', '39')
 $$;
 
 -- Every row of a batch failed: is it the task's problem? Yes when the error is not of a row's kind,
 -- or when it is but every row gave the same message (a trigger that refuses every write).
-CREATE OR REPLACE FUNCTION ml._task_level(states text[], errs text[], rows int) RETURNS boolean
+CREATE OR REPLACE FUNCTION ml_internal._task_level(states text[], errs text[], rows int) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, ml AS $$
     SELECT cardinality(states) = rows AND rows > 0
-       AND (NOT ml._is_row_error(states[1])
+       AND (NOT ml_internal._is_row_error(states[1])
             OR (rows > 1 AND (SELECT count(DISTINCT e) FROM unnest(errs) e) = 1))
 $$;
 
@@ -82,11 +82,14 @@ BEGIN
                         greatest(t.not_before - now(), interval '0')
                  FROM ml.tasks t WHERE t.state = 'failing' ORDER BY t.failed_at DESC;
 END $$;
+COMMENT ON FUNCTION ml.status_failing() IS
+    'status_failing(): derived columns failing as a whole (a privilege revoked, a lock, a trigger that refuses '
+    'every write ...), with the error and when the worker tries again.';
 
 -- ALTER TABLE on a table with pgsight columns: follow renames (names refreshed from attribute numbers,
 -- the key's type too) and retry a failing task at once (the user may just have fixed it).
 -- SECURITY DEFINER: the user altering their table may not write ml.tasks; it never fails their DDL.
-CREATE OR REPLACE FUNCTION ml._on_ddl_end() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION ml_private._on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     tid int;
@@ -98,13 +101,13 @@ BEGIN
     FOR tid IN SELECT x.id FROM ml.tasks x
                WHERE x.table_name::oid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() c
                                            WHERE c.classid = 'pg_class'::regclass) LOOP
-        t := ml._task(tid);
+        t := ml_private._task(tid);
         CONTINUE WHEN t.id IS NULL;
         UPDATE ml.tasks x SET key_col = t.key_col, key_type = t.key_type, source_col = t.source_col,
             result_col = t.result_col, not_before = NULL
         WHERE x.id = tid;
         IF (SELECT relkind FROM pg_class WHERE oid = t.table_name) = 'p' THEN
-            PERFORM ml._queue_missing(tid);  -- ATTACH PARTITION brings rows no trigger saw
+            PERFORM ml_internal._queue_missing(tid);  -- ATTACH PARTITION brings rows no trigger saw
         END IF;
     END LOOP;
 EXCEPTION WHEN OTHERS THEN
@@ -114,12 +117,12 @@ END $$;
 
 -- Queue the rows of a task that have a source, no result, no queue entry and no recorded error
 -- (rows of a partition attached with its rows).
-CREATE OR REPLACE FUNCTION ml._queue_missing(tid int) RETURNS bigint
+CREATE OR REPLACE FUNCTION ml_internal._queue_missing(tid int) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
-    t ml.tasks := ml._task(tid);
+    t ml.tasks := ml_private._task(tid);
     n bigint;
 BEGIN
     IF t.id IS NULL OR t.result_attnum IS NULL THEN
@@ -139,8 +142,8 @@ END $$;
 
 -- A user table, a result column, or the source or key column a task reads, dropped with plain DDL,
 -- takes its pgsight task along. Queue rows a worker holds at this moment are skipped (never waited
--- for: no deadlock with ml.claim) and cleaned up by ml.reap. SECURITY DEFINER, as ml._on_ddl_end.
-CREATE OR REPLACE FUNCTION ml._on_sql_drop() RETURNS event_trigger
+-- for: no deadlock with ml_internal.claim) and cleaned up by ml_internal.reap. SECURITY DEFINER, as ml_private._on_ddl_end.
+CREATE OR REPLACE FUNCTION ml_private._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     gone int[];
@@ -171,18 +174,18 @@ BEGIN
         RETURN;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgsight_sql_drop') THEN
-        CREATE EVENT TRIGGER pgsight_sql_drop ON sql_drop EXECUTE FUNCTION ml._on_sql_drop();
+        CREATE EVENT TRIGGER pgsight_sql_drop ON sql_drop EXECUTE FUNCTION ml_private._on_sql_drop();
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgsight_ddl_end') THEN
         CREATE EVENT TRIGGER pgsight_ddl_end ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
-            EXECUTE FUNCTION ml._on_ddl_end();
+            EXECUTE FUNCTION ml_private._on_ddl_end();
     END IF;
 END $$;
 
 -- One statement that submits, commits and waits (a procedure: only procedures may COMMIT). Call it
 -- outside a transaction block: CALL ml.create_embedding_and_wait('photos', 'clip', 'image_path');
 -- No SET clause (a procedure with one cannot commit): every name is schema-qualified.
-CREATE OR REPLACE FUNCTION ml._check_may_commit(what text) RETURNS void
+CREATE OR REPLACE FUNCTION ml_private._check_may_commit(what text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
 BEGIN
     IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
@@ -199,7 +202,7 @@ CREATE OR REPLACE PROCEDURE ml.create_embedding_and_wait(table_name regclass, mo
                                                          INOUT status text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM ml._check_may_commit('create_embedding_and_wait');
+    PERFORM ml_private._check_may_commit('create_embedding_and_wait');
     job_id := ml.create_embedding(table_name, model, source_col, result_col, modality);
     COMMIT;
     status := ml.wait(job_id, timeout);
@@ -213,7 +216,7 @@ CREATE OR REPLACE PROCEDURE ml.create_prediction_and_wait(table_name regclass, m
                                                           INOUT status text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM ml._check_may_commit('create_prediction_and_wait');
+    PERFORM ml_private._check_may_commit('create_prediction_and_wait');
     job_id := ml.create_prediction(table_name, model, image_col, question, result_col);
     COMMIT;
     status := ml.wait(job_id, timeout);
@@ -225,7 +228,7 @@ CREATE OR REPLACE PROCEDURE ml.build_model_and_wait(name text, kind text, query 
                                                     INOUT status text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM ml._check_may_commit('build_model_and_wait');
+    PERFORM ml_private._check_may_commit('build_model_and_wait');
     job_id := ml.build_model(name, kind, query, options);
     COMMIT;
     status := ml.wait(job_id, timeout);

@@ -2,18 +2,18 @@
 -- (through the worker, like ml.answer), ml.create_generation, a text column kept in sync, and
 -- ml.evaluate_generation. Models of kind captioner (VisionEncoderDecoderModel) and blip2 generate.
 --
--- A generation column is a prediction task (same triggers, queue, write path ml.write_predictions,
+-- A generation column is a prediction task (same triggers, queue, write path ml_internal.write_predictions,
 -- ownership and drop) whose question is the generation spec as JSON:
 -- {"generate": {"prompt": "..." | null, "options": {...generate() options}}}; its result_col holds the
 -- text, result_col_score the geometric mean of the generated tokens' probabilities.
 
 -- The kinds whose workers generate text (their adapters have generate(); worker/models/generation.py).
-CREATE OR REPLACE FUNCTION ml._generates(kind text) RETURNS boolean
+CREATE OR REPLACE FUNCTION ml_private._generates(kind text) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
     SELECT kind IN ('captioner', 'blip2')
 $$;
 
-CREATE OR REPLACE FUNCTION ml._check_generator(model_name text) RETURNS ml.models
+CREATE OR REPLACE FUNCTION ml_private._check_generator(model_name text) RETURNS ml.models
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     m ml.models;
@@ -23,7 +23,7 @@ BEGIN
         RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL')
             USING HINT = 'see SELECT name, kind FROM ml.models';
     END IF;
-    IF NOT ml._generates(m.kind) THEN
+    IF NOT ml_private._generates(m.kind) THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) does not generate text', model_name, m.kind
             USING HINT = 'use a model of kind captioner (ml.build_model) or blip2', ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -32,7 +32,7 @@ END $$;
 
 -- generate()'s options, checked: known keys, types and ranges (the worker checks them again the same
 -- way: worker/models/generation.py). Returns them without NULLs.
-CREATE OR REPLACE FUNCTION ml._generation_options(options jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION ml_private._generation_options(options jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     spec jsonb := '{"max_new_tokens": ["int", 1, 512, false], "min_new_tokens": ["int", 0, 512, false],
@@ -90,19 +90,19 @@ BEGIN
 END $$;
 
 -- The spec a generation task or request carries.
-CREATE OR REPLACE FUNCTION ml._generation_spec(prompt text, options jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION ml_private._generation_spec(prompt text, options jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
 BEGIN
     IF length(prompt) > 10000 THEN
         RAISE EXCEPTION 'pgsight: the prompt is too long (% characters, 10000 at most)', length(prompt)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN jsonb_build_object('prompt', nullif(prompt, ''), 'options', ml._generation_options(options));
+    RETURN jsonb_build_object('prompt', nullif(prompt, ''), 'options', ml_private._generation_options(options));
 END $$;
 
 -- Is this prediction task's question a generation spec? One that looks like a spec but is not a
--- valid one is refused here (ml._check_task), never by the worker later.
-CREATE OR REPLACE FUNCTION ml._is_generation(question text) RETURNS boolean
+-- valid one is refused here (ml_private._check_task), never by the worker later.
+CREATE OR REPLACE FUNCTION ml_private._is_generation(question text) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     spec jsonb;
@@ -116,22 +116,22 @@ BEGIN
         RAISE EXCEPTION 'pgsight: a generation spec is {"generate": {"prompt": text or null, "options": {...}}}, got %', question
             USING HINT = 'use ml.create_generation', ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM ml._generation_options(spec->'options');
+    PERFORM ml_private._generation_options(spec->'options');
     RETURN true;
 END $$;
 
-CREATE OR REPLACE FUNCTION ml._generate(model_name text, input text, image bytea, prompt text, options jsonb)
+CREATE OR REPLACE FUNCTION ml_private._generate(model_name text, input text, image bytea, prompt text, options jsonb)
 RETURNS TABLE (text text, score real)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
-    m ml.models := ml._check_generator(model_name);
-    spec jsonb := ml._generation_spec(prompt, options);
+    m ml.models := ml_private._check_generator(model_name);
+    spec jsonb := ml_private._generation_spec(prompt, options);
     r jsonb;
 BEGIN
     IF input IS NULL AND image IS NULL THEN
         RETURN;
     END IF;
-    r := ml._rpc_json('generate', model_name, spec || jsonb_build_object('input', input, 'version', m.version), image);
+    r := ml_private._rpc_json('generate', model_name, spec || jsonb_build_object('input', input, 'version', m.version), image);
     text := r->>'text';
     score := (r->>'score')::real;
     RETURN NEXT;
@@ -143,13 +143,13 @@ END $$;
 CREATE OR REPLACE FUNCTION ml.generate(model text, image text, prompt text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS text
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT g.text FROM ml._generate(model, image, NULL, prompt, options) g
+    SELECT g.text FROM ml_private._generate(model, image, NULL, prompt, options) g
 $$;
 
 CREATE OR REPLACE FUNCTION ml.generate(model text, image bytea, prompt text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS text
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT g.text FROM ml._generate(model, NULL, image, prompt, options) g
+    SELECT g.text FROM ml_private._generate(model, NULL, image, prompt, options) g
 $$;
 
 -- A column result_col with the text generated for each row's image (and result_col_score), kept in
@@ -162,15 +162,15 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     spec jsonb;
 BEGIN
-    PERFORM ml._check_generator(model);
+    PERFORM ml_private._check_generator(model);
     IF options IS NOT NULL AND jsonb_typeof(options) = 'object' AND options ? 'prompt'
        AND jsonb_typeof(options->'prompt') NOT IN ('string', 'null') THEN
         RAISE EXCEPTION 'pgsight: option prompt must be a text, got %', options->'prompt'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    spec := ml._generation_spec(options->>'prompt', CASE WHEN jsonb_typeof(options) = 'object' THEN options - 'prompt'
+    spec := ml_private._generation_spec(options->>'prompt', CASE WHEN jsonb_typeof(options) = 'object' THEN options - 'prompt'
                                                          ELSE options END);
-    RETURN ml._create_task('prediction', table_name, model, image_col, result_col, 'image',
+    RETURN ml_private._create_task('prediction', table_name, model, image_col, result_col, 'image',
                            jsonb_build_object('generate', spec)::text);
 END $$;
 
@@ -182,7 +182,7 @@ CREATE OR REPLACE PROCEDURE ml.create_generation_and_wait(table_name regclass, m
                                                           INOUT status text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM ml._check_may_commit('create_generation_and_wait');
+    PERFORM ml_private._check_may_commit('create_generation_and_wait');
     job_id := ml.create_generation(table_name, model, image_col, result_col, options);
     COMMIT;
     status := ml.wait(job_id, timeout);
@@ -194,7 +194,7 @@ COMMENT ON PROCEDURE ml.create_generation_and_wait IS
 -- Drops the generated column and its _score column (ml.drop_prediction does the same).
 CREATE OR REPLACE FUNCTION ml.drop_generation(table_name regclass, result_col text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._drop_task('prediction', table_name, result_col)
+    SELECT ml_private._drop_task('prediction', table_name, result_col)
 $$;
 
 -- BLEU-1..4, METEOR, ROUGE-L, CIDEr (the COCO caption evaluation, pycocoevalcap), perplexity of the
@@ -208,7 +208,7 @@ LANGUAGE plpgsql VOLATILE AS $$  -- the caller's search_path, as ml.build_model
 DECLARE
     bad text;
 BEGIN
-    PERFORM ml._check_generator(model);
+    PERFORM ml_private._check_generator(model);
     IF options IS NULL OR pg_catalog.jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION 'pgsight: options must be a JSON object, got %', coalesce(options::text, 'NULL');
     END IF;
@@ -222,10 +222,10 @@ BEGIN
     IF options ? 'meteor' AND pg_catalog.jsonb_typeof(options->'meteor') <> 'boolean' THEN
         RAISE EXCEPTION 'pgsight: option meteor must be true or false, got %', options->'meteor';
     END IF;
-    PERFORM ml._generation_spec(options->>'prompt', options - '{image_col,text_col,hypothesis_col,prompt,batch_size,timeout,meteor}'::text[]);
+    PERFORM ml_private._generation_spec(options->>'prompt', options - '{image_col,text_col,hypothesis_col,prompt,batch_size,timeout,meteor}'::text[]);
     RETURN QUERY
     SELECT r->>'metric', (r->>'value')::float8, r->>'note'
-    FROM pg_catalog.jsonb_array_elements(ml._evaluate('generation', model, query, options)->'rows') AS r;
+    FROM pg_catalog.jsonb_array_elements(ml_private._evaluate('generation', model, query, options)->'rows') AS r;
 END $$;
 
 COMMENT ON FUNCTION ml.generate(text, text, text, jsonb) IS

@@ -25,12 +25,12 @@ BEGIN
             USING HINT = format('COMMIT first, then SELECT ml.wait(%s); for one statement: CALL ml.create_embedding_and_wait(...) '
                                 '(or ml.create_prediction_and_wait, ml.build_model_and_wait)', job_id);
     END IF;
-    conn := ml._loopback();
+    conn := ml_private._loopback();
     deadline := clock_timestamp() + timeout;
     LOOP
         SELECT r.status, r.error INTO st, err
         -- the loopback may be a role that sees every job: ask for the caller's own (or one it may change)
-        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s AND ml._may_change(%L, owner)',
+        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s AND ml_private._may_change(%L, owner)',
                                  job_id, current_user)) AS r(status text, error text);
         IF st IS NULL THEN
             IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id) THEN
@@ -56,14 +56,21 @@ BEGIN
                                          THEN 0.05 ELSE 0.5 END);
     END LOOP;
 END $$;
+COMMENT ON FUNCTION ml.wait(bigint, interval) IS
+    'wait(job_id, timeout DEFAULT ''10 minutes'') -> the job''s final status (done, failed, cancelled). Blocks '
+    'until the job ends; NULL timeout: the wait_timeout setting. Sees the worker''s progress whatever the '
+    'isolation level.';
 
 CREATE OR REPLACE FUNCTION ml.cancel(job_id bigint) RETURNS text
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._job_cancel(job_id, current_user)  -- the caller's own jobs (pgsight_admin: any)
+    SELECT ml_private._job_cancel(job_id, current_user)  -- the caller's own jobs (pgsight_admin: any)
 $$;
+COMMENT ON FUNCTION ml.cancel(bigint) IS
+    'cancel(job_id) -> the job''s status afterwards. Cancels a queued or running job of the caller''s '
+    '(pgsight_admin: anyone''s); a running one stops at its next progress report.';
 
 -- Worker: take the oldest queued training/evaluation job of the given kinds.
-CREATE OR REPLACE FUNCTION ml.claim_job(worker bigint, kinds text[] DEFAULT '{train,evaluate}')
+CREATE OR REPLACE FUNCTION ml_internal.claim_job(worker bigint, kinds text[] DEFAULT '{train,evaluate}')
 RETURNS SETOF ml.jobs LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     UPDATE ml.jobs SET status = 'running', claimed_by = worker, attempts = attempts + 1,
         started_at = coalesce(started_at, now()), lease_until = now() + ml.setting('lease')::interval
@@ -74,7 +81,7 @@ $$;
 
 -- Worker: report progress and extend the lease. Returns the job's status: a worker that gets back
 -- anything but 'running' (cancelled, or handed to another worker) stops.
-CREATE OR REPLACE FUNCTION ml.job_progress(job_id bigint, worker bigint, done bigint, total bigint,
+CREATE OR REPLACE FUNCTION ml_internal.job_progress(job_id bigint, worker bigint, done bigint, total bigint,
                                            progress jsonb DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
@@ -91,19 +98,19 @@ BEGIN
     RETURN coalesce(st, 'lost');
 END $$;
 
-CREATE OR REPLACE FUNCTION ml.job_finish(job_id bigint, worker bigint, status text, error text DEFAULT NULL,
+CREATE OR REPLACE FUNCTION ml_internal.job_finish(job_id bigint, worker bigint, status text, error text DEFAULT NULL,
                                          result jsonb DEFAULT NULL) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     UPDATE ml.jobs j SET status = job_finish.status, error = job_finish.error, result = job_finish.result,
         finished_at = now(), lease_until = NULL
     WHERE j.id = job_id AND j.claimed_by = worker AND j.status = 'running';
     -- in the same transaction: whoever sees the job over sees its snapshot gone
-    SELECT ml._snapshot_drop(job_id);
+    SELECT ml_internal._snapshot_drop(job_id);
 $$;
 
 -- Worker: per-row problems of a training/evaluation job (an unreadable image ...) into ml.errors;
 -- ml.jobs.failed counts them. Idempotent per row key, so a resumed job does not count a row twice.
-CREATE OR REPLACE FUNCTION ml.job_errors(job_id bigint, keys text[], column_name text, errors text[]) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal.job_errors(job_id bigint, keys text[], column_name text, errors text[]) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     INSERT INTO ml.errors (job_id, model, row_key, column_name, error)
     SELECT job_errors.job_id, (SELECT j.model FROM ml.jobs j WHERE j.id = job_errors.job_id), e.key,

@@ -2,7 +2,7 @@
 -- message, so that a typo never reaches a worker.
 
 -- The valid range of a numeric option: (low, high, integer?, low exclusive?). NULL: not a numeric option.
-CREATE OR REPLACE FUNCTION ml._option_range(key text, OUT low numeric, OUT high numeric, OUT whole boolean,
+CREATE OR REPLACE FUNCTION ml_private._option_range(key text, OUT low numeric, OUT high numeric, OUT whole boolean,
                                             OUT above boolean)
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
     SELECT r.low, r.high, r.whole, r.above
@@ -17,13 +17,13 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
     WHERE r.key = _option_range.key
 $$;
 
-CREATE OR REPLACE FUNCTION ml._check_option(key text, val jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION ml_private._check_option(key text, val jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     r record;
     range_text text;
 BEGIN
-    SELECT * INTO r FROM ml._option_range(key) o WHERE o.low IS NOT NULL;
+    SELECT * INTO r FROM ml_private._option_range(key) o WHERE o.low IS NOT NULL;
     IF NOT FOUND OR val IS NULL OR jsonb_typeof(val) = 'null' THEN
         RETURN;
     END IF;
@@ -39,7 +39,7 @@ END $$;
 
 -- ml.load_model's options: known keys for the kinds defined in kinds.sql (a kind added by a plugin
 -- is checked by its worker), each in its range.
-CREATE OR REPLACE FUNCTION ml._check_load_options(kind text, options jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION ml_private._check_load_options(kind text, options jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
 DECLARE
     known text[] := CASE kind WHEN 'pixels' THEN '{size}' WHEN 'clip' THEN '{}' WHEN 'simclr' THEN '{image_size}'
@@ -57,6 +57,6 @@ BEGIN
         IF key = 'overwrite' AND jsonb_typeof(val) <> 'boolean' THEN
             RAISE EXCEPTION 'pgsight: option overwrite must be true or false, got %', val;
         END IF;
-        PERFORM ml._check_option(key, val);
+        PERFORM ml_private._check_option(key, val);
     END LOOP;
 END $$;

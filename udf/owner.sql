@@ -4,7 +4,7 @@
 -- writes every ml table (or as a superuser). So the statements on a user table (the claim's lock
 -- probe and read, the write-back, the stale check, clearing a failed row's result) run inside
 -- ml_owner."u<owner oid>": a SECURITY DEFINER function owned by the table's owner, created by
--- pgsight (ml._owner_fn) with a fixed body. Inside it SET ROLE / SET SESSION AUTHORIZATION are refused
+-- pgsight (ml_private._owner_fn) with a fixed body. Inside it SET ROLE / SET SESSION AUTHORIZATION are refused
 -- by PostgreSQL, so user code cannot climb back to the worker's role; an event trigger refuses any
 -- change to the functions of ml_owner by anyone but a superuser (the owner could otherwise make its
 -- function SECURITY INVOKER between the worker's check and its call), and the worker checks owner
@@ -27,7 +27,7 @@ END $$;
 -- the worker needs: op 'probe' (take the table's lock), 'read' (sources of keys, in order), 'write'
 -- (results of rows not held by anyone, whose source is unchanged: the keys written), 'unchanged'
 -- (which of the indexes `ints` still have the source hash given), 'clear' (NULL the result of keys[1]).
-CREATE OR REPLACE FUNCTION ml._user_table_op(t ml.tasks, op text, keys text[] DEFAULT NULL, hashes text[] DEFAULT NULL,
+CREATE OR REPLACE FUNCTION ml_private._user_table_op(t ml.tasks, op text, keys text[] DEFAULT NULL, hashes text[] DEFAULT NULL,
                                              vecs vector[] DEFAULT NULL, answers text[] DEFAULT NULL,
                                              scores real[] DEFAULT NULL, ints int[] DEFAULT NULL)
 RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
@@ -86,9 +86,9 @@ BEGIN
     RETURN NEXT;
 END $$;
 
--- A task, for the owner of its table (`who`, the current_user of ml._owner_exec): only asked from a
+-- A task, for the owner of its table (`who`, the current_user of ml_private._owner_exec): only asked from a
 -- worker's session or a session of that role (the task's names are not shown to other roles).
-CREATE OR REPLACE FUNCTION ml._owner_task(tid int, who name) RETURNS ml.tasks
+CREATE OR REPLACE FUNCTION ml_private._owner_task(tid int, who name) RETURNS ml.tasks
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     t ml.tasks;
@@ -98,7 +98,7 @@ BEGIN
                 AND pg_has_role(session_user, 'pgsight_worker', 'MEMBER'))) THEN
         RETURN NULL;
     END IF;
-    t := ml._task(tid);
+    t := ml_private._task(tid);
     IF t.id IS NULL OR (SELECT relowner FROM pg_class WHERE oid = t.table_name)
                        IS DISTINCT FROM (SELECT oid FROM pg_roles WHERE rolname = who) THEN
         RETURN NULL;
@@ -107,24 +107,24 @@ BEGIN
 END $$;
 
 -- The body of every ml_owner function, run as the table's owner.
-CREATE OR REPLACE FUNCTION ml._owner_exec(tid int, op text, keys text[], hashes text[], vecs vector[], answers text[],
+CREATE OR REPLACE FUNCTION ml_private._owner_exec(tid int, op text, keys text[], hashes text[], vecs vector[], answers text[],
                                           scores real[], ints int[])
 RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
                rls boolean, reader name)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
-    t ml.tasks := ml._owner_task(tid, current_user);
+    t ml.tasks := ml_private._owner_task(tid, current_user);
 BEGIN
     IF t.id IS NULL THEN
         RAISE EXCEPTION 'pgsight: task % is not on a table of role %', tid, current_user;
     END IF;
-    RETURN QUERY SELECT * FROM ml._user_table_op(t, op, keys, hashes, vecs, answers, scores, ints);
+    RETURN QUERY SELECT * FROM ml_private._user_table_op(t, op, keys, hashes, vecs, answers, scores, ints);
 END $$;
 
 -- (Re)create ml_owner."u<owner>" owned by `owner` (SECURITY DEFINER: the ml owner creates it and gives
 -- it away). Only for a role that owns the table of a task; the body is fixed. false when it cannot
 -- (no schema ml_owner, not a superuser): the caller then acts with its own rights.
-CREATE OR REPLACE FUNCTION ml._owner_fn(role_oid oid) RETURNS boolean
+CREATE OR REPLACE FUNCTION ml_private._owner_fn(role_oid oid) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     fn text := 'u' || role_oid;
@@ -150,7 +150,7 @@ BEGIN
          RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
                         rls boolean, reader name)
          LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, ml
-         AS %L', fn, vec, 'SELECT * FROM ml._owner_exec(tid, op, keys, hashes, vecs, answers, scores, ints)');
+         AS %L', fn, vec, 'SELECT * FROM ml_private._owner_exec(tid, op, keys, hashes, vecs, answers, scores, ints)');
     EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', sig);
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgsight_worker') THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pgsight_worker', sig);
@@ -164,7 +164,7 @@ END $$;
 -- The worker's one way into a user table: as its owner (through the owner's ml_owner function,
 -- checked before each call), or with its own rights when it owns the table itself or no such
 -- function can exist (a warning says so).
-CREATE OR REPLACE FUNCTION ml._as_owner(t ml.tasks, op text, keys text[] DEFAULT NULL, hashes text[] DEFAULT NULL,
+CREATE OR REPLACE FUNCTION ml_private._as_owner(t ml.tasks, op text, keys text[] DEFAULT NULL, hashes text[] DEFAULT NULL,
                                         vecs vector[] DEFAULT NULL, answers text[] DEFAULT NULL,
                                         scores real[] DEFAULT NULL, ints int[] DEFAULT NULL)
 RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
@@ -175,15 +175,15 @@ DECLARE
     fn text := 'u' || owner_oid;
 BEGIN
     IF owner_oid = (SELECT oid FROM pg_roles WHERE rolname = current_user) THEN
-        RETURN QUERY SELECT * FROM ml._user_table_op(t, op, keys, hashes, vecs, answers, scores, ints);
+        RETURN QUERY SELECT * FROM ml_private._user_table_op(t, op, keys, hashes, vecs, answers, scores, ints);
         RETURN;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                    WHERE n.nspname = 'ml_owner' AND p.proname = fn AND p.prosecdef AND p.proowner = owner_oid)
-       AND NOT ml._owner_fn(owner_oid) THEN
+       AND NOT ml_private._owner_fn(owner_oid) THEN
         RAISE WARNING 'pgsight: acting on % with the worker''s own rights (role %): no function ml_owner.% owned by its owner (migrate as a superuser; docs/security.md)',
             t.table_name, current_user, fn;
-        RETURN QUERY SELECT * FROM ml._user_table_op(t, op, keys, hashes, vecs, answers, scores, ints);
+        RETURN QUERY SELECT * FROM ml_private._user_table_op(t, op, keys, hashes, vecs, answers, scores, ints);
         RETURN;
     END IF;
     RETURN QUERY EXECUTE format('SELECT * FROM ml_owner.%I($1, $2, $3, $4, $5, $6, $7, $8)', fn)
@@ -192,7 +192,7 @@ END $$;
 
 -- Nobody but a superuser changes a function of ml_owner: its owner (the tenant) could otherwise
 -- replace it, or make it SECURITY INVOKER, between the worker's check and its call.
-CREATE OR REPLACE FUNCTION ml._on_owner_fn_ddl() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION ml_private._on_owner_fn_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE c.schema_name = 'ml_owner')
@@ -207,6 +207,6 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgsight_owner_fn') THEN
         CREATE EVENT TRIGGER pgsight_owner_fn ON ddl_command_end
             WHEN TAG IN ('CREATE FUNCTION', 'ALTER FUNCTION', 'CREATE PROCEDURE', 'ALTER PROCEDURE', 'ALTER ROUTINE')
-            EXECUTE FUNCTION ml._on_owner_fn_ddl();
+            EXECUTE FUNCTION ml_private._on_owner_fn_ddl();
     END IF;
 END $$;

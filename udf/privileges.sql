@@ -8,7 +8,8 @@
 --                    of user tables that pgsight columns read and write (granted per column)
 --   pgsight_loopback the role the loopback connection may log in as (query-time requests, job
 --                    status); NOLOGIN until an administrator configures it (see README)
--- Superusers and table owners keep working as before; PUBLIC gets nothing in schema ml.
+-- Superusers and table owners keep working as before; PUBLIC gets nothing in schemas ml, ml_private and
+-- ml_internal; users get nothing in ml_internal (the worker's plumbing).
 
 DO $$
 DECLARE
@@ -39,16 +40,27 @@ BEGIN
     GRANT SELECT ON ml.settings, ml.model_kinds, ml.workers, ml.models, ml.tasks, ml.jobs, ml.queue, ml.errors
         TO pgsight_user, pgsight_admin;
     -- query-time requests: no privileges on ml.rpc for users or the loopback; they go through
-    -- ml._rpc_ticket / _rpc_submit / _rpc_state / _rpc_forget (SECURITY DEFINER, token-checked; udf/rpc.sql)
+    -- ml_private._rpc_ticket / _rpc_submit / _rpc_state / _rpc_forget (SECURITY DEFINER, token-checked; udf/rpc.sql)
     REVOKE ALL ON ml.rpc FROM pgsight_user, pgsight_loopback, pgsight_admin;
     GRANT SELECT ON ml.rpc TO pgsight_admin;
-    -- the loopback session: query-time requests, job status (evaluation jobs: ml._job_submit)
+    -- the loopback session: query-time requests, job status (evaluation jobs: ml_private._job_submit)
     GRANT SELECT ON ml.settings, ml.workers TO pgsight_loopback;
     REVOKE INSERT, UPDATE, DELETE ON ml.jobs FROM pgsight_loopback;
     GRANT SELECT ON ml.jobs TO pgsight_loopback;
     -- workers: the whole queue side of ml (not ml.loopback)
     GRANT SELECT, INSERT, UPDATE, DELETE ON ml.settings, ml.model_kinds, ml.models, ml.blobs, ml.tasks, ml.workers,
         ml.jobs, ml.queue, ml.errors, ml.rpc TO pgsight_worker;
+    -- the private helpers of the ml functions (udf/internal.sql) run with the caller's rights: as ml's
+    REVOKE ALL ON SCHEMA ml_private FROM PUBLIC;
+    REVOKE ALL ON ALL ROUTINES IN SCHEMA ml_private FROM PUBLIC;
+    GRANT USAGE ON SCHEMA ml_private TO pgsight_user, pgsight_worker, pgsight_loopback, pgsight_admin;
+    GRANT EXECUTE ON ALL ROUTINES IN SCHEMA ml_private TO pgsight_user, pgsight_worker, pgsight_loopback, pgsight_admin;
+    -- the worker's plumbing (udf/internal.sql): the worker only; users, the loopback and PUBLIC have
+    -- no rights there (functions are executable by PUBLIC unless revoked)
+    REVOKE ALL ON SCHEMA ml_internal FROM PUBLIC, pgsight_user, pgsight_loopback, pgsight_admin;
+    REVOKE ALL ON ALL ROUTINES IN SCHEMA ml_internal FROM PUBLIC, pgsight_user, pgsight_loopback, pgsight_admin;
+    GRANT USAGE ON SCHEMA ml_internal TO pgsight_worker;
+    GRANT EXECUTE ON ALL ROUTINES IN SCHEMA ml_internal TO pgsight_worker;
     -- workers reach user tables through the table owners' functions (udf/owner.sql)
     IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'ml_owner') THEN
         GRANT USAGE ON SCHEMA ml_owner TO pgsight_worker;

@@ -1,28 +1,28 @@
 -- The worker's side of the row queue: claim, write back, fail, retry, reap. One claim query, in
 -- one place; batch size is a parameter; attempts are counted at claim time.
 
-CREATE OR REPLACE FUNCTION ml.worker_register(hostname text, pid int, device text, info jsonb DEFAULT '{}')
+CREATE OR REPLACE FUNCTION ml_internal.worker_register(hostname text, pid int, device text, info jsonb DEFAULT '{}')
 RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     INSERT INTO ml.workers (hostname, pid, device, info) VALUES (hostname, pid, device, info) RETURNING id
 $$;
 
 -- false when the worker was reaped (it was silent too long): it must register again.
-CREATE OR REPLACE FUNCTION ml.worker_heartbeat(worker bigint) RETURNS boolean
+CREATE OR REPLACE FUNCTION ml_internal.worker_heartbeat(worker bigint) RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     WITH u AS (UPDATE ml.workers SET heartbeat_at = now() WHERE id = worker RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM u)
 $$;
 
 -- Hand back the rows a worker claimed (after it lost its connection mid-batch, or on exit).
-CREATE OR REPLACE FUNCTION ml.worker_release(worker bigint) RETURNS int
+CREATE OR REPLACE FUNCTION ml_internal.worker_release(worker bigint) RETURNS int
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     WITH r AS (UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL WHERE claimed_by = worker RETURNING 1)
     SELECT count(*)::int FROM r
 $$;
 
-CREATE OR REPLACE FUNCTION ml.worker_unregister(worker bigint) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal.worker_unregister(worker bigint) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml.worker_release(worker);
+    SELECT ml_internal.worker_release(worker);
     UPDATE ml.jobs SET status = 'queued', claimed_by = NULL, lease_until = NULL
         WHERE claimed_by = worker AND status = 'running' AND kind <> 'backfill';
     UPDATE ml.rpc SET status = 'pending', claimed_by = NULL WHERE claimed_by = worker AND status = 'running';
@@ -30,7 +30,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
 $$;
 
 -- Hand the work of dead workers (no heartbeat for worker_timeout) and of expired leases to others.
-CREATE OR REPLACE FUNCTION ml.reap() RETURNS int
+CREATE OR REPLACE FUNCTION ml_internal.reap() RETURNS int
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     dead bigint[];
@@ -69,9 +69,9 @@ END $$;
 -- backing off) and return them with their sources. Never raises for a user table's sake: a table
 -- another session holds (a DROP, an ALTER) is skipped for now (lock_timeout, taken before any queue
 -- row is locked, so no deadlock); an error of one row is that row's (retried with backoff, then
--- dead-lettered); an error of every row is the task's (ml._task_failed) and the next task is served.
--- Keys are compared as text written under fixed settings (see ml._backfill).
-CREATE OR REPLACE FUNCTION ml.claim(worker bigint, n int)
+-- dead-lettered); an error of every row is the task's (ml_internal._task_failed) and the next task is served.
+-- Keys are compared as text written under fixed settings (see ml_private._backfill).
+CREATE OR REPLACE FUNCTION ml_internal.claim(worker bigint, n int)
 RETURNS TABLE (queue_id bigint, task_id int, key text, present boolean, src text, src_bytes bytea, src_hash text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
@@ -110,14 +110,14 @@ BEGIN
             FROM ml.tasks tk WHERE tk.not_before IS NULL OR tk.not_before <= now()) c
         WHERE c.head IS NOT NULL ORDER BY c.head
     LOOP
-        t := ml._task(cand);
+        t := ml_private._task(cand);
         CONTINUE WHEN t.id IS NULL;  -- its table is being dropped: the drop event removes it
         BEGIN  -- the table's lock first: a DROP/ALTER holding or awaiting it is skipped, not deadlocked
-            PERFORM ml._as_owner(t, 'probe');
+            PERFORM ml_private._as_owner(t, 'probe');
         EXCEPTION WHEN lock_not_available THEN
             CONTINUE;
         WHEN OTHERS THEN
-            PERFORM ml._task_failed(cand, SQLERRM, NULL);
+            PERFORM ml_internal._task_failed(cand, SQLERRM, NULL);
             CONTINUE;
         END;
         WITH c AS (
@@ -142,7 +142,7 @@ BEGIN
         states := '{}';
         BEGIN
             SELECT o.got, o.texts, o.bytes, o.src_hashes, o.rls, o.reader INTO got, texts, bytes, hashes, rls, reader
-            FROM ml._as_owner(t, 'read', keys) o;
+            FROM ml_private._as_owner(t, 'read', keys) o;
         EXCEPTION WHEN OTHERS THEN
             -- which rows? one by one (each in its own subtransaction)
             got := array_fill(false, ARRAY[cardinality(ids)]);
@@ -152,7 +152,7 @@ BEGIN
             FOR ix IN 1 .. cardinality(ids) LOOP
                 BEGIN
                     SELECT o.got, o.texts, o.bytes, o.src_hashes, o.rls, o.reader INTO g, tx, b, h, rls, reader
-                    FROM ml._as_owner(t, 'read', ARRAY[keys[ix]]) o;
+                    FROM ml_private._as_owner(t, 'read', ARRAY[keys[ix]]) o;
                     got[ix] := g[1]; texts[ix] := tx[1]; bytes[ix] := b[1]; hashes[ix] := h[1];
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
@@ -162,27 +162,27 @@ BEGIN
                 END;
             END LOOP;
         END;
-        IF ml._task_level(states, errs, cardinality(ids)) THEN
+        IF ml_internal._task_level(states, errs, cardinality(ids)) THEN
             -- every row failed alike: the task's problem, not the rows'
-            PERFORM ml._task_failed(cand, errs[1], ids);
+            PERFORM ml_internal._task_failed(cand, errs[1], ids);
             CONTINUE;
         END IF;
         FOR ix IN 1 .. cardinality(bad) LOOP
-            PERFORM ml.retry_rows(worker, cand, ARRAY[ids[bad[ix]]], errs[ix]);
+            PERFORM ml_internal.retry_rows(worker, cand, ARRAY[ids[bad[ix]]], errs[ix]);
         END LOOP;
         -- rows not seen although they were queued: row-level security hides them from the reader (the
         -- table's owner, which bypasses it unless the table has FORCE ROW LEVEL SECURITY)
         IF rls THEN
             SELECT array_agg(i) INTO hidden FROM generate_subscripts(ids, 1) i WHERE NOT got[i] AND NOT i = ANY (bad);
             IF hidden IS NOT NULL THEN
-                PERFORM ml.fail_rows(worker, cand, ARRAY(SELECT ids[i] FROM unnest(hidden) i),
+                PERFORM ml_internal.fail_rows(worker, cand, ARRAY(SELECT ids[i] FROM unnest(hidden) i),
                     ARRAY(SELECT keys[i] FROM unnest(hidden) i),
                     array_fill(format('row not visible to role %s, which reads it for the worker: %s has row-level security',
                                       reader, t.table_name)
                                || ' (or the row was deleted); give that role a policy: '
                                || format('CREATE POLICY pgsight_worker ON %s FOR ALL TO %I USING (true)',
                                          t.table_name, reader), ARRAY[cardinality(hidden)]));
-                PERFORM ml.finish_jobs();
+                PERFORM ml_internal.finish_jobs();
                 bad := bad || hidden;
             END IF;
         END IF;
@@ -195,17 +195,17 @@ BEGIN
 END $$;
 
 -- What a worker needs to know about a task to compute it.
-CREATE OR REPLACE FUNCTION ml.task_info(tid int)
+CREATE OR REPLACE FUNCTION ml_internal.task_info(tid int)
 RETURNS TABLE (id int, kind text, table_name text, model text, model_kind text, model_version int,
                source_col text, result_col text, modality text, question text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
     SELECT t.id, t.kind, t.table_name::text, t.model, m.kind, m.version, t.source_col, t.result_col,
            t.modality, t.question
-    FROM ml._task(tid) t JOIN ml.models m ON m.name = t.model WHERE t.id IS NOT NULL
+    FROM ml_private._task(tid) t JOIN ml.models m ON m.name = t.model WHERE t.id IS NOT NULL
 $$;
 
 -- Remove finished rows from the queue and count them on their jobs.
-CREATE OR REPLACE FUNCTION ml._complete(worker bigint, queue_ids bigint[], as_failed boolean) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal._complete(worker bigint, queue_ids bigint[], as_failed boolean) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     WITH d AS (
         DELETE FROM ml.queue WHERE id = ANY (queue_ids) AND claimed_by = worker RETURNING job_id, attempts
@@ -223,14 +223,14 @@ $$;
 -- SKIP LOCKED (and the table with a short lock_timeout): a row a user transaction holds is handed
 -- back for later, never waited for, so no user transaction is ever a deadlock victim. An error of
 -- one row (a user trigger that refuses it ...) is that row's: retried with backoff, then
--- dead-lettered; an error of every row is the task's (ml._task_failed).
-CREATE OR REPLACE FUNCTION ml._write_back(worker bigint, tid int, queue_ids bigint[], keys text[], hashes text[],
+-- dead-lettered; an error of every row is the task's (ml_internal._task_failed).
+CREATE OR REPLACE FUNCTION ml_internal._write_back(worker bigint, tid int, queue_ids bigint[], keys text[], hashes text[],
                                           vecs vector[], answers text[], scores real[]) RETURNS int
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
-    t ml.tasks := ml._task(tid);
+    t ml.tasks := ml_private._task(tid);
     wrote text[] := '{}';
     w text[];
     rest_ix int[];
@@ -246,13 +246,13 @@ DECLARE
     ix int;
 BEGIN
     IF t.id IS NULL THEN
-        PERFORM ml._complete(worker, queue_ids, false);
+        PERFORM ml_internal._complete(worker, queue_ids, false);
         RETURN 0;
     END IF;
     -- one statement, as the table's owner: lock the rows no one else holds (SKIP LOCKED), write those
-    -- whose source is unchanged (ml._user_table_op)
+    -- whose source is unchanged (ml_private._user_table_op)
     BEGIN
-        SELECT o.wrote INTO wrote FROM ml._as_owner(t, 'write', keys, hashes, vecs, answers, scores) o;
+        SELECT o.wrote INTO wrote FROM ml_private._as_owner(t, 'write', keys, hashes, vecs, answers, scores) o;
     EXCEPTION WHEN lock_not_available THEN  -- the table itself is held (a user's DDL): all of them later
         UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
             not_before = now() + interval '1 second'
@@ -261,7 +261,7 @@ BEGIN
     WHEN OTHERS THEN
         FOR ix IN 1 .. cardinality(keys) LOOP  -- which rows? one by one
             BEGIN
-                SELECT o.wrote INTO w FROM ml._as_owner(t, 'write', ARRAY[keys[ix]], ARRAY[hashes[ix]], ARRAY[vecs[ix]],
+                SELECT o.wrote INTO w FROM ml_private._as_owner(t, 'write', ARRAY[keys[ix]], ARRAY[hashes[ix]], ARRAY[vecs[ix]],
                                                         ARRAY[answers[ix]], ARRAY[scores[ix]]) o;
                 wrote := wrote || w;
             EXCEPTION WHEN OTHERS THEN
@@ -271,8 +271,8 @@ BEGIN
                 states := states || st;
             END;
         END LOOP;
-        IF ml._task_level(states, errs, cardinality(keys)) THEN
-            PERFORM ml._task_failed(tid, errs[1], queue_ids);
+        IF ml_internal._task_level(states, errs, cardinality(keys)) THEN
+            PERFORM ml_internal._task_failed(tid, errs[1], queue_ids);
             RETURN 0;
         END IF;
     END;
@@ -283,7 +283,7 @@ BEGIN
     WHERE NOT keys[i] = ANY (wrote) AND NOT i = ANY (bad);
     IF rest_ix IS NOT NULL THEN
         SELECT o.out_ints INTO later_ix
-        FROM ml._as_owner(t, 'unchanged', ARRAY(SELECT keys[i] FROM unnest(rest_ix) i),
+        FROM ml_private._as_owner(t, 'unchanged', ARRAY(SELECT keys[i] FROM unnest(rest_ix) i),
                           ARRAY(SELECT hashes[i] FROM unnest(rest_ix) i), ints => rest_ix) o;
         later := ARRAY(SELECT queue_ids[i] FROM unnest(coalesce(later_ix, '{}')) i);
         IF cardinality(later) > 0 THEN
@@ -293,68 +293,68 @@ BEGIN
         END IF;
     END IF;
     FOR ix IN 1 .. cardinality(bad) LOOP
-        PERFORM ml.retry_rows(worker, tid, ARRAY[queue_ids[bad[ix]]], errs[ix]);
+        PERFORM ml_internal.retry_rows(worker, tid, ARRAY[queue_ids[bad[ix]]], errs[ix]);
     END LOOP;
     SELECT array_agg(queue_ids[i]), array_agg(keys[i]) INTO done_ids, done_keys
     FROM generate_subscripts(queue_ids, 1) i
     WHERE NOT i = ANY (bad) AND NOT queue_ids[i] = ANY (coalesce(later, '{}'));
     IF done_ids IS NOT NULL THEN
-        PERFORM ml._forget_errors(tid, done_keys);
-        PERFORM ml._complete(worker, done_ids, false);
+        PERFORM ml_internal._forget_errors(tid, done_keys);
+        PERFORM ml_internal._complete(worker, done_ids, false);
     END IF;
     IF cardinality(wrote) > 0 THEN
-        PERFORM ml._task_ok(tid);
+        PERFORM ml_internal._task_ok(tid);
     END IF;
     RETURN cardinality(wrote);
 END $$;
 
-CREATE OR REPLACE FUNCTION ml.write_embeddings(worker bigint, tid int, queue_ids bigint[], keys text[],
+CREATE OR REPLACE FUNCTION ml_internal.write_embeddings(worker bigint, tid int, queue_ids bigint[], keys text[],
                                                hashes text[], vecs vector[]) RETURNS int
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
-    SELECT ml._write_back(worker, tid, queue_ids, keys, hashes, vecs, NULL, NULL)
+    SELECT ml_internal._write_back(worker, tid, queue_ids, keys, hashes, vecs, NULL, NULL)
 $$;
 
-CREATE OR REPLACE FUNCTION ml.write_predictions(worker bigint, tid int, queue_ids bigint[], keys text[],
+CREATE OR REPLACE FUNCTION ml_internal.write_predictions(worker bigint, tid int, queue_ids bigint[], keys text[],
                                                 hashes text[], answers text[], scores real[]) RETURNS int
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
-    SELECT ml._write_back(worker, tid, queue_ids, keys, hashes, NULL, answers, scores)
+    SELECT ml_internal._write_back(worker, tid, queue_ids, keys, hashes, NULL, answers, scores)
 $$;
 
-CREATE OR REPLACE FUNCTION ml._forget_errors(tid int, keys text[]) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal._forget_errors(tid int, keys text[]) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
     DELETE FROM ml.errors e WHERE e.task_id = tid AND e.row_key = ANY (keys)
       AND EXISTS (SELECT 1 FROM ml.errors e2 WHERE e2.task_id = tid)
 $$;
 
 -- Rows that cannot be computed (missing file, corrupt image ...): NULL result, one line in ml.errors.
-CREATE OR REPLACE FUNCTION ml.fail_rows(worker bigint, tid int, queue_ids bigint[], keys text[], errors text[])
+CREATE OR REPLACE FUNCTION ml_internal.fail_rows(worker bigint, tid int, queue_ids bigint[], keys text[], errors text[])
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
-    t ml.tasks := ml._task(tid);
+    t ml.tasks := ml_private._task(tid);
     k text;
 BEGIN
     IF t.id IS NOT NULL THEN
-        PERFORM ml._forget_errors(tid, keys);
+        PERFORM ml_internal._forget_errors(tid, keys);
         INSERT INTO ml.errors (task_id, job_id, table_name, row_key, column_name, model, error)
         SELECT tid, q.job_id, t.table_name::text, e.key, t.result_col, t.model, e.error
         FROM unnest(queue_ids, keys, errors) AS e(qid, key, error) LEFT JOIN ml.queue q ON q.id = e.qid;
         -- a stale result must not stay; row by row, and whatever refuses (a user trigger, a lock) is let be
         FOREACH k IN ARRAY keys LOOP
             BEGIN
-                PERFORM ml._as_owner(t, 'clear', ARRAY[k]);
+                PERFORM ml_private._as_owner(t, 'clear', ARRAY[k]);
             EXCEPTION WHEN OTHERS THEN
                 NULL;
             END;
         END LOOP;
     END IF;
-    PERFORM ml._complete(worker, queue_ids, true);
+    PERFORM ml_internal._complete(worker, queue_ids, true);
 END $$;
 
 -- A batch failed for a passing reason (the model crashed, the device ran out of memory ...): try the
 -- rows again later with exponential backoff; after max_attempts they become per-row errors.
-CREATE OR REPLACE FUNCTION ml.retry_rows(worker bigint, tid int, queue_ids bigint[], error text) RETURNS int
+CREATE OR REPLACE FUNCTION ml_internal.retry_rows(worker bigint, tid int, queue_ids bigint[], error text) RETURNS int
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     max_attempts int := ml.setting('max_attempts')::int;
@@ -364,7 +364,7 @@ BEGIN
     SELECT array_agg(id), array_agg(key) INTO dead_ids, dead_keys FROM ml.queue
     WHERE id = ANY (queue_ids) AND claimed_by = worker AND attempts >= max_attempts;
     IF dead_ids IS NOT NULL THEN
-        PERFORM ml.fail_rows(worker, tid, dead_ids, dead_keys,
+        PERFORM ml_internal.fail_rows(worker, tid, dead_ids, dead_keys,
             array_fill(format('gave up after %s attempts: %s', max_attempts, error), ARRAY[cardinality(dead_ids)]));
     END IF;
     UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, last_error = error,
@@ -374,7 +374,7 @@ BEGIN
 END $$;
 
 -- Backfills with no rows left are done. Called by workers after each batch (cheap: two indexes).
-CREATE OR REPLACE FUNCTION ml.finish_jobs() RETURNS int
+CREATE OR REPLACE FUNCTION ml_internal.finish_jobs() RETURNS int
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     n int;

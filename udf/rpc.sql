@@ -12,17 +12,17 @@
 -- A request is bound to a random token that never leaves the caller's backend under READ COMMITTED
 -- (only its sha256 is stored; REPEATABLE READ polls send it over the caller's own loopback): the
 -- reply is read, and the request deleted, by presenting the token. The loopback may only submit for the caller's
--- role: the caller's backend signs (role, token hash) with a server secret (ml._rpc_ticket) and the
--- loopback's ml._rpc_submit checks the signature. While waiting, the caller holds an advisory lock
+-- role: the caller's backend signs (role, token hash) with a server secret (ml_private._rpc_ticket) and the
+-- loopback's ml_private._rpc_submit checks the signature. While waiting, the caller holds an advisory lock
 -- keyed by its token (`waiter`); a request whose waiter is gone (cancelled, timed out, terminated) is
--- dropped by the worker's next ml.rpc_claim. While a worker computes it holds the request's advisory
--- lock (class 1885827699, key id mod 2^31, taken by ml.rpc_claim and released by ml.rpc_reply): the
+-- dropped by the worker's next ml_internal.rpc_claim. While a worker computes it holds the request's advisory
+-- lock (class 1885827699, key id mod 2^31, taken by ml_internal.rpc_claim and released by ml_internal.rpc_reply): the
 -- caller sleeps on it instead of polling, and wakes the moment the answer is written.
 
 -- The signature of (role, token hash) with the server secret (HMAC-like: the secret on both sides).
--- SECURITY DEFINER: only it and ml._rpc_submit read ml.loopback; a caller may only sign for a role
--- its session user belongs to, as ml._loopback_open checks.
-CREATE OR REPLACE FUNCTION ml._rpc_ticket(who name, token_hash bytea) RETURNS text
+-- SECURITY DEFINER: only it and ml_private._rpc_submit read ml.loopback; a caller may only sign for a role
+-- its session user belongs to, as ml_private._loopback_open checks.
+CREATE OR REPLACE FUNCTION ml_private._rpc_ticket(who name, token_hash bytea) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
     secret bytea := (SELECT l.secret FROM ml.loopback l);
@@ -38,9 +38,9 @@ BEGIN
     RETURN encode(sha256(secret || sha256(secret || convert_to(who::text, 'UTF8') || '\x00'::bytea || token_hash)), 'hex');
 END $$;
 
--- Runs in the loopback session: record a request signed by ml._rpc_ticket, wake the workers.
+-- Runs in the loopback session: record a request signed by ml_private._rpc_ticket, wake the workers.
 -- SECURITY DEFINER: ml.rpc is writable by the worker only.
-CREATE OR REPLACE FUNCTION ml._rpc_submit(op text, model text, payload jsonb, image bytea, who name,
+CREATE OR REPLACE FUNCTION ml_private._rpc_submit(op text, model text, payload jsonb, image bytea, who name,
                                           token_hash bytea, waiter bigint, ticket text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 DECLARE
@@ -65,7 +65,7 @@ END $$;
 
 -- The state of a request, for whoever presents its token (found by its waiter key). VOLATILE: a fresh
 -- snapshot at every call.
-CREATE OR REPLACE FUNCTION ml._rpc_state(waiter bigint, token text, OUT id bigint, OUT status text, OUT vec text,
+CREATE OR REPLACE FUNCTION ml_private._rpc_state(waiter bigint, token text, OUT id bigint, OUT status text, OUT vec text,
                                          OUT response text, OUT error text, OUT claimed_by bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 BEGIN
@@ -75,7 +75,7 @@ BEGIN
 END $$;
 
 -- Runs in the loopback session: delete a request, for whoever presents its token.
-CREATE OR REPLACE FUNCTION ml._rpc_forget(rid bigint, token text) RETURNS void
+CREATE OR REPLACE FUNCTION ml_private._rpc_forget(rid bigint, token text) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
 BEGIN
     DELETE FROM ml.rpc r WHERE r.id = rid AND r.token_hash = sha256(convert_to(token, 'UTF8'));
@@ -83,7 +83,7 @@ END $$;
 
 -- The caller's side of a query-time call. The submit is sent without waiting for its answer: the
 -- caller starts polling at once (the loopback's answer is read as soon as it has come).
-CREATE OR REPLACE FUNCTION ml._rpc(op text, model text, payload jsonb, image bytea, timeout interval DEFAULT NULL,
+CREATE OR REPLACE FUNCTION ml_private._rpc(op text, model text, payload jsonb, image bytea, timeout interval DEFAULT NULL,
                                    OUT vec text, OUT response text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
@@ -110,13 +110,13 @@ BEGIN
     END IF;
     hash := sha256(convert_to(token, 'UTF8'));
     waiter := ('x' || left(encode(hash, 'hex'), 16))::bit(64)::bigint;
-    conn := ml._loopback();
+    conn := ml_private._loopback();
     BEGIN  -- a subtransaction: the locks taken here are released when it ends (see the RAISE below)
         PERFORM pg_advisory_xact_lock(waiter);  -- "someone waits for this request"
         in_dblink := true;
         PERFORM dblink_send_query(conn, format(
-            'SELECT ml._rpc_submit(%L, %L, %L::jsonb, %L::bytea, %L, %L::bytea, %s, %L)', op, model, payload,
-            image, current_user, hash, waiter, ml._rpc_ticket(current_user, hash)));
+            'SELECT ml_private._rpc_submit(%L, %L, %L::jsonb, %L::bytea, %L, %L::bytea, %s, %L)', op, model, payload,
+            image, current_user, hash, waiter, ml_private._rpc_ticket(current_user, hash)));
         deadline := pg_catalog.clock_timestamp() + wait;
         LOOP
             IF in_dblink AND (NOT own_snapshot OR st IN ('done', 'error', 'timeout') OR dblink_is_busy(conn) = 0) THEN
@@ -128,11 +128,11 @@ BEGIN
             END IF;
             IF own_snapshot THEN
                 SELECT r.id, r.status, r.vec, r.response, r.error, r.claimed_by INTO rid, st, vec, response, err, claimer
-                FROM ml._rpc_state(waiter, token) r;
+                FROM ml_private._rpc_state(waiter, token) r;
             ELSE
                 in_dblink := true;
                 SELECT r.id, r.status, r.vec, r.response, r.error, r.claimed_by INTO rid, st, vec, response, err, claimer
-                FROM dblink(conn, format('SELECT * FROM ml._rpc_state(%s, %L)', waiter, token))
+                FROM dblink(conn, format('SELECT * FROM ml_private._rpc_state(%s, %L)', waiter, token))
                      AS r(id bigint, status text, vec text, response text, error text, claimed_by bigint);
                 in_dblink := false;
             END IF;
@@ -173,10 +173,10 @@ BEGIN
             BEGIN
                 IF in_dblink THEN  -- interrupted mid-call: that connection is busy, take a fresh one
                     PERFORM dblink_disconnect(conn);
-                    conn := ml._loopback();
+                    conn := ml_private._loopback();
                 END IF;
                 IF rid IS NOT NULL THEN
-                    PERFORM 1 FROM dblink(conn, format('SELECT ml._rpc_forget(%s, %L)', rid, token)) AS t(x text);
+                    PERFORM 1 FROM dblink(conn, format('SELECT ml_private._rpc_forget(%s, %L)', rid, token)) AS t(x text);
                 END IF;
             EXCEPTION WHEN OTHERS THEN
                 NULL;  -- the worker drops it anyway: nobody waits for it
@@ -189,7 +189,7 @@ BEGIN
             RAISE;
     END;
     IF rid IS NOT NULL THEN
-        PERFORM 1 FROM dblink(conn, format('SELECT ml._rpc_forget(%s, %L)', rid, token)) AS t(x text);
+        PERFORM 1 FROM dblink(conn, format('SELECT ml_private._rpc_forget(%s, %L)', rid, token)) AS t(x text);
     END IF;
     IF st = 'timeout' OR st IS NULL THEN
         RAISE EXCEPTION 'pgsight: no worker answered % for model % within %', op, coalesce(model, '-'), wait
@@ -200,15 +200,15 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION ml._rpc_json(op text, model text, payload jsonb, image bytea,
+CREATE OR REPLACE FUNCTION ml_private._rpc_json(op text, model text, payload jsonb, image bytea,
                                         timeout interval DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT (ml._rpc(op, model, payload, image, timeout)).response::jsonb
+    SELECT (ml_private._rpc(op, model, payload, image, timeout)).response::jsonb
 $$;
 
 -- The query embedding of (model, input), cached for the session: the planner evaluates a STABLE
 -- function in ORDER BY several times per query, and users repeat searches.
-CREATE OR REPLACE FUNCTION ml._embed(modality text, model_name text, input text, image bytea) RETURNS vector
+CREATE OR REPLACE FUNCTION ml_private._embed(modality text, model_name text, input text, image bytea) RETURNS vector
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
     m ml.models;
@@ -235,7 +235,7 @@ BEGIN
     IF cached IS NOT NULL AND left(cached, 32) = cache_key THEN
         RETURN substr(cached, 34)::vector;
     END IF;
-    v := (ml._rpc('embed', model_name,
+    v := (ml_private._rpc('embed', model_name,
                   jsonb_build_object('modality', modality, 'input', input, 'version', m.version), image)).vec;
     PERFORM set_config(slot, cache_key || ':' || v, false);
     RETURN v::vector;
@@ -243,21 +243,27 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml.embed_image(model text, image text) RETURNS vector
 LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml AS $$
-    SELECT ml._embed('image', model, image, NULL)
+    SELECT ml_private._embed('image', model, image, NULL)
 $$;
+COMMENT ON FUNCTION ml.embed_image(text, text) IS
+    'embed_image(model, image path or URL) -> vector. Computed by a worker at query time (for search).';
 
 CREATE OR REPLACE FUNCTION ml.embed_image(model text, image bytea) RETURNS vector
 LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml AS $$
-    SELECT ml._embed('image', model, NULL, image)
+    SELECT ml_private._embed('image', model, NULL, image)
 $$;
+COMMENT ON FUNCTION ml.embed_image(text, bytea) IS
+    'embed_image(model, image bytes) -> vector. Computed by a worker at query time.';
 
 CREATE OR REPLACE FUNCTION ml.embed_text(model text, input text) RETURNS vector
 LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml AS $$
-    SELECT ml._embed('text', model, input, NULL)
+    SELECT ml_private._embed('text', model, input, NULL)
 $$;
+COMMENT ON FUNCTION ml.embed_text(text, text) IS
+    'embed_text(model, text) -> vector. Computed by a worker at query time (text-to-image search with CLIP).';
 
 -- Visual question answering at query time: the top k answers with their scores.
-CREATE OR REPLACE FUNCTION ml._answers(model_name text, input text, image bytea, question text, k int)
+CREATE OR REPLACE FUNCTION ml_private._answers(model_name text, input text, image bytea, question text, k int)
 RETURNS TABLE (answer text, score real)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
@@ -270,43 +276,51 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM ml.model_kinds mk WHERE mk.kind = m.kind AND mk.outputs = 'answer'
                    AND mk.modalities @> '{image,text}') THEN  -- a captioner generates from the image alone
         RAISE EXCEPTION 'pgsight: model % (kind %) does not answer questions', model_name, m.kind
-            USING HINT = CASE WHEN ml._generates(m.kind) THEN 'use ml.generate' ELSE 'use a model of kind vilt' END;
+            USING HINT = CASE WHEN ml_private._generates(m.kind) THEN 'use ml.generate' ELSE 'use a model of kind vilt' END;
     END IF;
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'pgsight: k must be at least 1, got %', k;
     END IF;
     RETURN QUERY
     SELECT a->>'answer', (a->>'score')::real
-    FROM jsonb_array_elements(ml._rpc_json('answer', model_name,
+    FROM jsonb_array_elements(ml_private._rpc_json('answer', model_name,
             jsonb_build_object('input', input, 'question', question, 'k', k, 'version', m.version), image)) AS a;
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.answers(model text, image text, question text, k int DEFAULT 5)
 RETURNS TABLE (answer text, score real)
 LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
-    SELECT * FROM ml._answers(model, image, NULL, question, k)
+    SELECT * FROM ml_private._answers(model, image, NULL, question, k)
 $$;
+COMMENT ON FUNCTION ml.answers(text, text, text, integer) IS
+    'answers(model, image path or URL, question, k DEFAULT 5) -> the k best (answer, score), best first (VQA).';
 
 CREATE OR REPLACE FUNCTION ml.answers(model text, image bytea, question text, k int DEFAULT 5)
 RETURNS TABLE (answer text, score real)
 LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
-    SELECT * FROM ml._answers(model, NULL, image, question, k)
+    SELECT * FROM ml_private._answers(model, NULL, image, question, k)
 $$;
+COMMENT ON FUNCTION ml.answers(text, bytea, text, integer) IS
+    'answers(model, image bytes, question, k DEFAULT 5) -> the k best (answer, score), best first (VQA).';
 
 CREATE OR REPLACE FUNCTION ml.answer(model text, image text, question text) RETURNS text
 LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
-    SELECT answer FROM ml._answers(model, image, NULL, question, 1)
+    SELECT answer FROM ml_private._answers(model, image, NULL, question, 1)
 $$;
+COMMENT ON FUNCTION ml.answer(text, text, text) IS
+    'answer(model, image path or URL, question) -> the best answer (VQA).';
 
 CREATE OR REPLACE FUNCTION ml.answer(model text, image bytea, question text) RETURNS text
 LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
-    SELECT answer FROM ml._answers(model, NULL, image, question, 1)
+    SELECT answer FROM ml_private._answers(model, NULL, image, question, 1)
 $$;
+COMMENT ON FUNCTION ml.answer(text, bytea, text) IS
+    'answer(model, image bytes, question) -> the best answer (VQA).';
 
 -- Worker side.
--- The claimer takes each request's advisory lock (session level) and keeps it until ml.rpc_reply, or
--- until its connection ends: the caller sleeps on it (see ml._rpc).
-CREATE OR REPLACE FUNCTION ml.rpc_claim(worker bigint, n int) RETURNS SETOF ml.rpc
+-- The claimer takes each request's advisory lock (session level) and keeps it until ml_internal.rpc_reply, or
+-- until its connection ends: the caller sleeps on it (see ml_private._rpc).
+CREATE OR REPLACE FUNCTION ml_internal.rpc_claim(worker bigint, n int) RETURNS SETOF ml.rpc
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     r ml.rpc;
@@ -322,7 +336,7 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE OR REPLACE FUNCTION ml.rpc_reply(ids bigint[], vecs vector[], responses jsonb[], errors text[]) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal.rpc_reply(ids bigint[], vecs vector[], responses jsonb[], errors text[]) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 BEGIN
     UPDATE ml.rpc r SET status = CASE WHEN v.error IS NULL THEN 'done' ELSE 'error' END,

@@ -21,6 +21,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
     ORDER BY (j.status IN ('queued', 'running')) DESC, j.id DESC
     LIMIT max_rows
 $$;
+COMMENT ON FUNCTION ml.status_jobs(interval, integer) IS
+    'status_jobs(recent DEFAULT ''10 minutes'', max_rows DEFAULT 50): open jobs and jobs that ended within '
+    'recent, with progress, rows per second and an ETA.';
 
 -- Registered workers; alive = heartbeat within the worker_timeout setting (dead ones are reaped by
 -- the others).
@@ -33,6 +36,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
            now() - w.heartbeat_at, w.started_at, w.info
     FROM ml.workers w ORDER BY w.id
 $$;
+COMMENT ON FUNCTION ml.status_workers() IS
+    'status_workers(): registered workers, their device, and whether they are alive (heartbeat within '
+    'worker_timeout).';
 
 -- Each derived column (ml.tasks) with the rows still waiting for a worker: pending (not claimed),
 -- in_flight (claimed, lease running), retrying (backing off after a passing failure), the age of
@@ -55,6 +61,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
     CROSS JOIN LATERAL (SELECT count(*) AS n FROM ml.errors er WHERE er.task_id = t.id) e
     ORDER BY t.table_name::text, t.result_col
 $$;
+COMMENT ON FUNCTION ml.status_backlog() IS
+    'status_backlog(): each derived column with its rows pending, in flight and retrying, the oldest wait and '
+    'its per-row errors.';
 
 -- Per-row failures grouped by column, newest first, with the latest message.
 CREATE OR REPLACE FUNCTION ml.status_errors(max_rows int DEFAULT 20)
@@ -67,3 +76,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
     ORDER BY max(e.at) DESC
     LIMIT max_rows
 $$;
+COMMENT ON FUNCTION ml.status_errors(integer) IS
+    'status_errors(max_rows DEFAULT 20): per-row failures grouped by column, newest first, with the latest '
+    'message (the rows themselves: ml.errors).';

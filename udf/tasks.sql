@@ -2,7 +2,7 @@
 -- ml.create_prediction and their drop_* functions, the triggers that keep them in sync and backfills.
 
 -- Everything about a new task is checked here, in the caller's session, before anything changes.
-CREATE OR REPLACE FUNCTION ml._check_task(task_kind text, tbl regclass, model_name text, source_col text,
+CREATE OR REPLACE FUNCTION ml_private._check_task(task_kind text, tbl regclass, model_name text, source_col text,
                                           result_col text, modality text, question text)
 RETURNS TABLE (key_col text, key_type text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
@@ -40,14 +40,14 @@ BEGIN
     IF task_kind = 'embedding' AND k.outputs <> 'embedding' THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) answers questions and makes no embeddings', model_name, m.kind
             USING HINT = 'use ml.create_prediction';
-    ELSIF task_kind = 'prediction' AND ml._is_generation(question) AND NOT ml._generates(m.kind) THEN  -- udf/generate.sql
+    ELSIF task_kind = 'prediction' AND ml_private._is_generation(question) AND NOT ml_private._generates(m.kind) THEN  -- udf/generate.sql
         RAISE EXCEPTION 'pgsight: model % (kind %) does not generate text', model_name, m.kind
             USING HINT = 'use a model of kind captioner or blip2';
     ELSIF task_kind = 'prediction' AND k.outputs <> 'answer'
-          AND NOT (k.modalities @> '{image,text}' AND ml._is_classification(question)) THEN  -- udf/classify.sql
+          AND NOT (k.modalities @> '{image,text}' AND ml_private._is_classification(question)) THEN  -- udf/classify.sql
         RAISE EXCEPTION 'pgsight: model % (kind %) makes embeddings and answers no questions', model_name, m.kind
             USING HINT = 'use ml.create_embedding';
-    ELSIF task_kind = 'prediction' AND NOT ml._is_generation(question) AND NOT k.modalities @> '{image,text}' THEN
+    ELSIF task_kind = 'prediction' AND NOT ml_private._is_generation(question) AND NOT k.modalities @> '{image,text}' THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) answers no questions: it generates text from the image', model_name, m.kind
             USING HINT = 'use ml.create_generation';
     END IF;
@@ -63,7 +63,7 @@ BEGIN
         RAISE EXCEPTION 'pgsight: the question is empty';
     END IF;
 
-    PERFORM ml._check_name('result column', result_col);
+    PERFORM ml_private._check_name('result column', result_col);
     IF task_kind = 'prediction' AND length(result_col) > 57 THEN
         RAISE EXCEPTION 'pgsight: result column name % is too long (57 characters at most, %_score must fit)',
             result_col, result_col;
@@ -111,7 +111,7 @@ END $$;
 
 -- Create the task: column(s), index, triggers, backfill. Runs in the caller's transaction: a ROLLBACK
 -- undoes all of it.
-CREATE OR REPLACE FUNCTION ml._install_task(task_kind text, tbl regclass, model_name text, source_col text,
+CREATE OR REPLACE FUNCTION ml_private._install_task(task_kind text, tbl regclass, model_name text, source_col text,
                                             result_col text, modality text, question text,
                                             index_mode text DEFAULT 'auto') RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
@@ -122,7 +122,7 @@ DECLARE
     jid bigint;
     queued bigint;
 BEGIN
-    SELECT * INTO chk FROM ml._check_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
+    SELECT * INTO chk FROM ml_private._check_task(task_kind, tbl, model_name, source_col, result_col, modality, question);
     IF index_mode NOT IN ('auto', 'now', 'off') THEN
         RAISE EXCEPTION 'pgsight: setting index must be auto, now or off, got %', quote_literal(index_mode);
     END IF;
@@ -131,45 +131,45 @@ BEGIN
         IF coalesce(ml.setting('storage'), 'vector') NOT IN ('vector', 'halfvec') THEN
             RAISE EXCEPTION 'pgsight: setting storage must be vector or halfvec, got %', quote_literal(ml.setting('storage'));
         END IF;
-        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.%s(%s)', tbl, result_col, ml._vector_schema(),
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.%s(%s)', tbl, result_col, ml_private._vector_schema(),
                        coalesce(ml.setting('storage'), 'vector'), m.dim);
     ELSE
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I text, ADD COLUMN %I real', tbl, result_col, result_col || '_score');
     END IF;
 
-    -- ml._task_add also records the columns' attribute numbers: a RENAME is followed (ml._task, ml._on_ddl_end)
-    tid := ml._task_add(current_user, tbl, task_kind, model_name, source_col, result_col, modality, question,
+    -- ml_private._task_add also records the columns' attribute numbers: a RENAME is followed (ml_private._task, ml_private._on_ddl_end)
+    tid := ml_private._task_add(current_user, tbl, task_kind, model_name, source_col, result_col, modality, question,
                         chk.key_col, chk.key_type,
-                        CASE WHEN task_kind = 'embedding' THEN ml._unique_index_name(tbl, result_col) END);
+                        CASE WHEN task_kind = 'embedding' THEN ml_private._unique_index_name(tbl, result_col) END);
 
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) = 'p' THEN
         -- Partitioned: a row trigger on the parent is cloned onto every partition, present and future
         -- (CREATE TABLE ... PARTITION OF, ATTACH PARTITION), so rows written straight into one are queued.
-        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION ml._on_insert_row(%s)',
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION ml_private._on_insert_row(%s)',
                        'pgsight_' || tid || '_insert', tbl, tid);
     ELSE
         -- New rows: one statement-level trigger (a bulk INSERT queues its rows in one go).
         EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION ml._on_insert(%s)', 'pgsight_' || tid || '_insert', tbl, tid);
+                       'FOR EACH STATEMENT EXECUTE FUNCTION ml_private._on_insert(%s)', 'pgsight_' || tid || '_insert', tbl, tid);
     END IF;
     -- Changed sources only: UPDATEs of other columns (and the worker's write-back) never queue.
     EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %I ON %s FOR EACH ROW '
-                   'WHEN (OLD.%I IS DISTINCT FROM NEW.%I) EXECUTE FUNCTION ml._on_update(%s)',
+                   'WHEN (OLD.%I IS DISTINCT FROM NEW.%I) EXECUTE FUNCTION ml_private._on_update(%s)',
                    'pgsight_' || tid || '_update', source_col, tbl, source_col, source_col, tid);
-    PERFORM ml._grant_worker(tid, true);
-    jid := ml._backfill(tid);
+    PERFORM ml_private._grant_worker(tid, true);
+    jid := ml_private._backfill(tid);
 
     -- The HNSW index: maintained row by row it costs ~40x the write itself, so a large backfill
-    -- builds it once when its last row is written (ml.build_pending_index); small ones build it now.
+    -- builds it once when its last row is written (ml_internal.build_pending_index); small ones build it now.
     IF task_kind = 'embedding' AND index_mode <> 'off' THEN
         IF m.dim > 2000 THEN
             RAISE NOTICE 'pgsight: % dimensions is over HNSW''s limit of 2000; %.% gets no index', m.dim, tbl, result_col;
         ELSE
             SELECT total INTO queued FROM ml.jobs WHERE id = jid;
             IF index_mode = 'now' OR queued < ml.setting('index_defer_rows')::bigint THEN
-                PERFORM ml._create_index(tid);
+                PERFORM ml_private._create_index(tid);
             ELSE
-                PERFORM ml._task_index_state(tid, current_user, 'pending');
+                PERFORM ml_private._task_index_state(tid, current_user, 'pending');
             END IF;
         END IF;
     END IF;
@@ -178,7 +178,7 @@ END $$;
 
 -- An index name no other relation of the table's schema has (a long table name truncated to 63
 -- characters would otherwise give two result columns the same name).
-CREATE OR REPLACE FUNCTION ml._unique_index_name(tbl regclass, result_col text) RETURNS text
+CREATE OR REPLACE FUNCTION ml_private._unique_index_name(tbl regclass, result_col text) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     ns oid := (SELECT relnamespace FROM pg_class WHERE oid = tbl);
@@ -197,10 +197,10 @@ END $$;
 
 -- Build the task's HNSW index and check that it exists, is valid and indexes the result column
 -- before the task says 'ready'.
-CREATE OR REPLACE FUNCTION ml._create_index(tid int) RETURNS void
+CREATE OR REPLACE FUNCTION ml_private._create_index(tid int) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_mem = '256MB' AS $$
 DECLARE
-    t ml.tasks := ml._task(tid);
+    t ml.tasks := ml_private._task(tid);
     metric text := (SELECT metric FROM ml.models WHERE name = t.model);
     storage name := (SELECT ty.typname FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                      WHERE a.attrelid = t.table_name AND a.attname = t.result_col);  -- vector or halfvec
@@ -212,11 +212,11 @@ BEGIN
                        WHERE c.relname = t.index_name AND c.relnamespace = ns AND i.indrelid = t.table_name
                          AND i.indkey[0] = t.result_attnum) THEN
         -- the name was taken by something else meanwhile: pick another
-        t.index_name := ml._unique_index_name(t.table_name, t.result_col);
+        t.index_name := ml_private._unique_index_name(t.table_name, t.result_col);
         UPDATE ml.tasks SET index_name = t.index_name WHERE id = tid;
     END IF;
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)', t.index_name, t.table_name,
-                   t.result_col, ml._vector_schema(), coalesce(storage, 'vector') ||
+                   t.result_col, ml_private._vector_schema(), coalesce(storage, 'vector') ||
                    CASE metric WHEN 'l2' THEN '_l2_ops' WHEN 'ip' THEN '_ip_ops' ELSE '_cosine_ops' END);
     SELECT i.indisvalid AND i.indkey[0] = t.result_attnum INTO ok
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
@@ -225,13 +225,13 @@ BEGIN
         RAISE EXCEPTION 'pgsight: index % of %.% is missing or invalid after CREATE INDEX', t.index_name,
             t.table_name, t.result_col;
     END IF;
-    PERFORM ml._task_index_state(tid, current_user, 'ready');
+    PERFORM ml_private._task_index_state(tid, current_user, 'ready');
 END $$;
 
 -- Worker: build one pending index whose backfill has no rows left. One transaction: a worker that
 -- dies mid-build leaves the task pending for the next one. The table's lock is waited for briefly
 -- (lock_timeout), with no other lock held but the task row's, so a user's DDL is never a deadlock victim.
-CREATE OR REPLACE FUNCTION ml.build_pending_index(worker bigint) RETURNS int
+CREATE OR REPLACE FUNCTION ml_internal.build_pending_index(worker bigint) RETURNS int
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET lock_timeout = '200ms' AS $$
 DECLARE
     tid int;
@@ -241,22 +241,22 @@ BEGIN
                WHERE c.index_state = 'pending' AND (c.not_before IS NULL OR c.not_before <= now())
                  AND NOT EXISTS (SELECT 1 FROM ml.queue q JOIN ml.jobs j ON j.id = q.job_id
                                  WHERE j.task_id = c.id AND j.kind = 'backfill') LOOP
-        t := ml._task(tid);
+        t := ml_private._task(tid);
         CONTINUE WHEN t.id IS NULL;
         BEGIN
             PERFORM 1 FROM ml.tasks WHERE id = tid AND index_state = 'pending' FOR UPDATE SKIP LOCKED;
             CONTINUE WHEN NOT FOUND;
-            PERFORM ml._create_index(tid);  -- CREATE INDEX locks the table first thing
+            PERFORM ml_private._create_index(tid);  -- CREATE INDEX locks the table first thing
             RETURN tid;
         EXCEPTION WHEN lock_not_available THEN
             NULL;  -- the table is busy (a user's DDL): next time
         WHEN insufficient_privilege THEN  -- only the table's owner may: the column stays without index
             UPDATE ml.tasks SET index_state = 'none', error = format(
-                'no HNSW index: the worker (role %s) may not build it (%s); the owner can: SELECT ml._create_index(%s)',
+                'no HNSW index: the worker (role %s) may not build it (%s); the owner can: SELECT ml_private._create_index(%s)',
                 current_user, SQLERRM, tid) WHERE id = tid;
-            PERFORM ml.finish_jobs();
+            PERFORM ml_internal.finish_jobs();
         WHEN OTHERS THEN
-            PERFORM ml._task_failed(tid, 'building the index: ' || SQLERRM, NULL);
+            PERFORM ml_internal._task_failed(tid, 'building the index: ' || SQLERRM, NULL);
         END;
     END LOOP;
     RETURN NULL;
@@ -264,10 +264,10 @@ END $$;
 
 -- The worker role (pgsight_worker) reads exactly the key and source columns of a task's table and
 -- writes exactly its result columns: column privileges, granted by the table's owner at creation.
-CREATE OR REPLACE FUNCTION ml._grant_worker(tid int, grant_it boolean) RETURNS void
+CREATE OR REPLACE FUNCTION ml_private._grant_worker(tid int, grant_it boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
-    t ml.tasks := ml._task(tid);
+    t ml.tasks := ml_private._task(tid);
     results text;
 BEGIN
     IF t.id IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgsight_worker') THEN
@@ -287,26 +287,26 @@ EXCEPTION WHEN OTHERS THEN  -- never in the way of a drop: the grants go with th
 END $$;
 
 -- Queue every row of a task in a new backfill job; returns the job id. The keys are read with the
--- caller's rights; ml._backfill_job (SECURITY DEFINER) queues them. Keys are written as text under
+-- caller's rights; ml_private._backfill_job (SECURITY DEFINER) queues them. Keys are written as text under
 -- fixed settings (the SET clauses), so that they read back whatever the session's DateStyle.
-CREATE OR REPLACE FUNCTION ml._backfill(tid int) RETURNS bigint
+CREATE OR REPLACE FUNCTION ml_private._backfill(tid int) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
-    t ml.tasks := ml._task(tid);
+    t ml.tasks := ml_private._task(tid);
     keys text[];
 BEGIN
     EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I IS NOT NULL', t.key_col, t.table_name, t.source_col)
     INTO keys;
-    RETURN ml._backfill_job(tid, current_user, keys);
+    RETURN ml_private._backfill_job(tid, current_user, keys);
 END $$;
 
 -- Trigger functions are SECURITY DEFINER: whoever writes the user's table (an application role
 -- that knows nothing of pgsight) may queue its rows, and nothing else. They never fail the user's
 -- statement: whatever goes wrong is recorded on the task (ml.tasks.error) and the statement goes on.
--- Keys are cast to text under fixed settings (see ml._backfill).
-CREATE OR REPLACE FUNCTION ml._on_insert() RETURNS trigger
+-- Keys are cast to text under fixed settings (see ml_private._backfill).
+CREATE OR REPLACE FUNCTION ml_private._on_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
@@ -314,7 +314,7 @@ DECLARE
     t ml.tasks;
     n bigint;
 BEGIN
-    t := ml._task(TG_ARGV[0]::int);
+    t := ml_private._task(TG_ARGV[0]::int);
     -- the task's table (or a partition of it), not a trigger some user pointed at another's task
     IF t.id IS NULL OR (t.table_name <> TG_RELID
                         AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
@@ -328,12 +328,12 @@ BEGIN
     END IF;
     RETURN NULL;
 EXCEPTION WHEN OTHERS THEN
-    PERFORM ml._trigger_failed(TG_ARGV[0]::int, SQLERRM);
+    PERFORM ml_internal._trigger_failed(TG_ARGV[0]::int, SQLERRM);
     RETURN NULL;
 END $$;
 
 -- Row trigger of partitioned tables (cloned onto each partition).
-CREATE OR REPLACE FUNCTION ml._on_insert_row() RETURNS trigger
+CREATE OR REPLACE FUNCTION ml_private._on_insert_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
@@ -342,7 +342,7 @@ DECLARE
     k text;
     has_src boolean;
 BEGIN
-    t := ml._task(TG_ARGV[0]::int);
+    t := ml_private._task(TG_ARGV[0]::int);
     -- the task's table (or a partition of it), not a trigger some user pointed at another's task
     IF t.id IS NULL OR (t.table_name <> TG_RELID
                         AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
@@ -355,11 +355,11 @@ BEGIN
     END IF;
     RETURN NULL;
 EXCEPTION WHEN OTHERS THEN
-    PERFORM ml._trigger_failed(TG_ARGV[0]::int, SQLERRM);
+    PERFORM ml_internal._trigger_failed(TG_ARGV[0]::int, SQLERRM);
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION ml._on_update() RETURNS trigger
+CREATE OR REPLACE FUNCTION ml_private._on_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
@@ -367,7 +367,7 @@ DECLARE
     t ml.tasks;
     k text;
 BEGIN
-    t := ml._task(TG_ARGV[0]::int);
+    t := ml_private._task(TG_ARGV[0]::int);
     -- the task's table (or a partition of it), not a trigger some user pointed at another's task
     IF t.id IS NULL OR (t.table_name <> TG_RELID
                         AND t.table_name NOT IN (SELECT a.relid FROM pg_partition_ancestors(TG_RELID) a)) THEN
@@ -378,13 +378,13 @@ BEGIN
     PERFORM pg_notify('ml_work', t.id::text);
     RETURN NULL;
 EXCEPTION WHEN OTHERS THEN
-    PERFORM ml._trigger_failed(TG_ARGV[0]::int, SQLERRM);
+    PERFORM ml_internal._trigger_failed(TG_ARGV[0]::int, SQLERRM);
     RETURN NULL;
 END $$;
 
 -- A trigger could not queue rows: say so on the task (ml.tasks.error, `pgsight status`) and in the
 -- server log, and let the user's statement go on.
-CREATE OR REPLACE FUNCTION ml._trigger_failed(tid int, err text) RETURNS void
+CREATE OR REPLACE FUNCTION ml_internal._trigger_failed(tid int, err text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
     RAISE WARNING 'pgsight: could not queue rows of task %: %', tid, err;
@@ -395,28 +395,37 @@ END $$;
 
 -- Runs in the caller's transaction: a ROLLBACK undoes the column, index, triggers and job. To submit,
 -- commit and wait in one statement: CALL ml.create_embedding_and_wait(...) (udf/ddl.sql).
-CREATE OR REPLACE FUNCTION ml._create_task(task_kind text, tbl regclass, model_name text, source_col text,
+CREATE OR REPLACE FUNCTION ml_private._create_task(task_kind text, tbl regclass, model_name text, source_col text,
                                            result_col text, modality text, question text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 BEGIN
-    RETURN ml._install_task(task_kind, tbl, model_name, source_col, result_col, modality, question, ml.setting('index'));
+    RETURN ml_private._install_task(task_kind, tbl, model_name, source_col, result_col, modality, question, ml.setting('index'));
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.create_embedding(table_name regclass, model text, source_col text,
                                                result_col text DEFAULT 'embedding',
                                                modality text DEFAULT 'image') RETURNS bigint
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._create_task('embedding', table_name, model, source_col, result_col, modality, NULL)
+    SELECT ml_private._create_task('embedding', table_name, model, source_col, result_col, modality, NULL)
 $$;
+COMMENT ON FUNCTION ml.create_embedding(regclass, text, text, text, text) IS
+    'create_embedding(table, model, source_col, result_col DEFAULT ''embedding'', modality DEFAULT ''image'') '
+    '-> job id. Adds a vector column kept in sync by the worker: existing rows are backfilled, inserted and '
+    'updated ones recomputed. modality: image (a path, URL or bytea column) or text. Runs in the caller''s '
+    'transaction.';
 
 CREATE OR REPLACE FUNCTION ml.create_prediction(table_name regclass, model text, image_col text, question text,
                                                 result_col text DEFAULT 'predict_result') RETURNS bigint
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._create_task('prediction', table_name, model, image_col, result_col, 'image', question)
+    SELECT ml_private._create_task('prediction', table_name, model, image_col, result_col, 'image', question)
 $$;
+COMMENT ON FUNCTION ml.create_prediction(regclass, text, text, text, text) IS
+    'create_prediction(table, model, image_col, question, result_col DEFAULT ''predict_result'') -> job id. '
+    'Adds a column with the model''s answer to question about each row''s image (and result_col_score), kept in '
+    'sync.';
 
 -- Works whatever happened to the table since (columns renamed, source dropped ...).
-CREATE OR REPLACE FUNCTION ml._drop_task(task_kind text, tbl regclass, col text) RETURNS void
+CREATE OR REPLACE FUNCTION ml_private._drop_task(task_kind text, tbl regclass, col text) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
 DECLARE
     tid int;
@@ -431,23 +440,28 @@ BEGIN
             USING HINT = coalesce('its pgsight columns: ' || (SELECT string_agg(quote_ident(x.result_col) || ' (' || x.kind || ')', ', ')
                                                                FROM ml.tasks x WHERE x.table_name = tbl), 'it has none');
     END IF;
-    t := ml._task(tid);
-    PERFORM ml._grant_worker(t.id, false);  -- before the column goes (the drop event forgets the task)
+    t := ml_private._task(tid);
+    PERFORM ml_private._grant_worker(t.id, false);  -- before the column goes (the drop event forgets the task)
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgsight_' || t.id || '_insert', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgsight_' || t.id || '_update', tbl);
     EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, t.result_col);  -- drops its index too
     IF task_kind = 'prediction' THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, t.result_col || '_score');
     END IF;
-    PERFORM ml._tasks_forget(ARRAY[t.id]);  -- its queue rows, open jobs and the task
+    PERFORM ml_private._tasks_forget(ARRAY[t.id]);  -- its queue rows, open jobs and the task
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.drop_embedding(table_name regclass, result_col text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._drop_task('embedding', table_name, result_col)
+    SELECT ml_private._drop_task('embedding', table_name, result_col)
 $$;
+COMMENT ON FUNCTION ml.drop_embedding(regclass, text) IS
+    'drop_embedding(table, result_col): stop keeping the column in sync and drop it, its index, queue rows and '
+    'errors.';
 
 CREATE OR REPLACE FUNCTION ml.drop_prediction(table_name regclass, result_col text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._drop_task('prediction', table_name, result_col)
+    SELECT ml_private._drop_task('prediction', table_name, result_col)
 $$;
+COMMENT ON FUNCTION ml.drop_prediction(regclass, text) IS
+    'drop_prediction(table, result_col): stop keeping the column (and its _score column) in sync and drop them.';

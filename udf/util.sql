@@ -6,9 +6,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
     SELECT coalesce(nullif(current_setting('pgsight.' || key, true), ''),
                     (SELECT s.value FROM ml.settings s WHERE s.key = setting.key))
 $$;
+COMMENT ON FUNCTION ml.setting(text) IS
+    'setting(key) -> text: the session''s pgsight.<key> if set, else the row of ml.settings.';
 
 -- Names of models and result columns: plain identifiers only, so they are safe everywhere.
-CREATE OR REPLACE FUNCTION ml._check_name(what text, name text) RETURNS text
+CREATE OR REPLACE FUNCTION ml_private._check_name(what text, name text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
 BEGIN
     IF name IS NULL OR name !~ '^[A-Za-z_][A-Za-z0-9_]{0,62}$' THEN
@@ -22,7 +24,7 @@ END $$;
 -- or as the configured loopback role. SECURITY DEFINER so that only it reads ml.loopback, which may
 -- hold a password; a caller may only ask for a role it is a member of. Opening costs ~5 ms, a call on
 -- an open connection ~0.1 ms, so the connection is kept for the session.
-CREATE OR REPLACE FUNCTION ml._loopback_open(who text) RETURNS text
+CREATE OR REPLACE FUNCTION ml_private._loopback_open(who text) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, ml AS $$
 DECLARE
     lb ml.loopback := (SELECT l FROM ml.loopback l);
@@ -38,11 +40,11 @@ BEGIN
         RETURN conn;
     END IF;
     IF lb.conninfo <> '' THEN
-        connstr := lb.conninfo || ' dbname=' || ml._conninfo_quote(current_database());
+        connstr := lb.conninfo || ' dbname=' || ml_internal._conninfo_quote(current_database());
     ELSE
         connstr := format('host=%s port=%s dbname=%s user=%s application_name=pgsight_loopback',
-                          ml._conninfo_quote(coalesce(nullif(trim(sockdir), ''), 'localhost')),
-                          current_setting('port'), ml._conninfo_quote(current_database()), ml._conninfo_quote(who));
+                          ml_internal._conninfo_quote(coalesce(nullif(trim(sockdir), ''), 'localhost')),
+                          current_setting('port'), ml_internal._conninfo_quote(current_database()), ml_internal._conninfo_quote(who));
     END IF;
     BEGIN
         PERFORM dblink_connect(conn, connstr);
@@ -54,23 +56,23 @@ BEGIN
 END $$;
 
 -- A libpq connection-string value, quoted.
-CREATE OR REPLACE FUNCTION ml._conninfo_quote(v text) RETURNS text
+CREATE OR REPLACE FUNCTION ml_internal._conninfo_quote(v text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
     SELECT '''' || replace(replace(v, E'\\', E'\\\\'), '''', E'\\''') || ''''
 $$;
 
-CREATE OR REPLACE FUNCTION ml._loopback() RETURNS text
+CREATE OR REPLACE FUNCTION ml_private._loopback() RETURNS text
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
-    SELECT ml._loopback_open(current_user::text)
+    SELECT ml_private._loopback_open(current_user::text)
 $$;
 
 -- Run one statement in its own transaction (committed when it returns) and give back its
 -- single text result. Used by evaluation only (it waits for its own job); create_* and build_model
 -- run in the caller's transaction.
-CREATE OR REPLACE FUNCTION ml._autonomous(stmt text) RETURNS text
+CREATE OR REPLACE FUNCTION ml_private._autonomous(stmt text) RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
 DECLARE
-    conn text := ml._loopback();
+    conn text := ml_private._loopback();
     result text;
 BEGIN
     SELECT r INTO result FROM dblink(conn, stmt) AS t(r text);
@@ -79,7 +81,7 @@ END $$;
 
 -- The schema pgvector was installed in (usually public): DDL names its type and operator classes
 -- with it, so functions keep a pinned search_path.
-CREATE OR REPLACE FUNCTION ml._vector_schema() RETURNS text
+CREATE OR REPLACE FUNCTION ml_private._vector_schema() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
     WHERE e.extname = 'vector'

@@ -1,7 +1,7 @@
 """The worker: registers, heartbeats, listens, claims rows and jobs, and serves query-time requests.
 
 NOTIFY is a wake-up hint; polling (every `poll_interval`) is the truth. Claimed rows carry a lease;
-a worker that dies stops heartbeating and its rows go to another worker (ml.reap). First stop
+a worker that dies stops heartbeating and its rows go to another worker (ml_internal.reap). First stop
 request: finish the batch in flight and hand back the rest; second: exit at once (the CLI's job).
 """
 from __future__ import annotations
@@ -18,14 +18,12 @@ from pathlib import Path
 
 import platformdirs
 import psycopg
-from pgsight.worker.connection import connect
+from pgsight.worker.db import WorkerDB, connect
 from pgsight.worker.images import ImageLoader
 from pgsight.worker.registry import ModelCache
 from pgsight.worker.rows import Batch, RowProcessor
 from pgsight.worker.rpc import RpcServer
 from pgsight.worker.startup import Backoff, diagnose
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 log = logging.getLogger("pgsight.worker")
 
@@ -106,7 +104,7 @@ class Worker:
             while not self.stop.is_set():
                 try:
                     if lost:  # the batches in flight died with the connection: hand their rows back
-                        released = self._conn("job").execute("SELECT ml.worker_release(%s)", (self.id,)).fetchone()[0]
+                        released = self._db("job").worker_release(self.id)
                         log.warning("reconnected; handed back %s rows claimed before the connection was lost", released)
                         lost = False
                         self.wake.set()
@@ -121,7 +119,7 @@ class Worker:
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 10)
                 except Exception as e:  # data or DDL never stops the worker
-                    # Errors of a row, a batch or a task are attributed in SQL (ml.claim, ml._write_back)
+                    # Errors of a row, a batch or a task are attributed in SQL (ml_internal.claim, ml_internal._write_back)
                     # and in RowProcessor.write; what reaches here is unexpected: log it, hand back
                     # what this worker holds (the rows' attempts were counted, so a poison row is
                     # dead-lettered after max_attempts) and go on after a pause.
@@ -147,6 +145,9 @@ class Worker:
             conn = self._conns[role] = connect(self.config.dsn, f"pgsight_worker_{role}")
         return conn
 
+    def _db(self, role: str) -> WorkerDB:
+        return WorkerDB(self._conn(role))
+
     def _close_conns(self) -> None:
         for conn in self._conns.values():
             conn.close()
@@ -156,12 +157,10 @@ class Worker:
         backoff = Backoff("register the worker")
         while not self.stop.is_set():
             try:
-                with connect(self.config.dsn) as conn:
-                    self.id = conn.execute(
-                        "SELECT ml.worker_register(%s, %s, %s, %s)",
-                        (socket.gethostname(), os.getpid(), self.device,
-                         Jsonb({"batch_size": self.config.batch_size, "roots": [str(r) for r in self.loader.roots]})),
-                    ).fetchone()[0]
+                with WorkerDB.connect(self.config.dsn) as db:
+                    self.id = db.worker_register(
+                        socket.gethostname(), os.getpid(), self.device,
+                        {"batch_size": self.config.batch_size, "roots": [str(r) for r in self.loader.roots]})
                 backoff.succeeded()
                 return
             except psycopg.Error as e:  # wrong port/role/database, no ml schema yet: say why, retry with backoff
@@ -171,8 +170,8 @@ class Worker:
         if not self.id:
             return
         try:
-            with connect(self.config.dsn) as conn:
-                conn.execute("SELECT ml.worker_unregister(%s)", (self.id,))
+            with WorkerDB.connect(self.config.dsn) as db:
+                db.worker_unregister(self.id)
         except psycopg.Error as e:
             log.warning("could not unregister: %s (the reaper will)", e)
 
@@ -180,13 +179,13 @@ class Worker:
         last_reap = 0.0
         while not self.stop.wait(self.config.heartbeat_interval):
             try:
-                with connect(self.config.dsn, "pgsight_worker_heartbeat") as conn:
+                with WorkerDB.connect(self.config.dsn, "pgsight_worker_heartbeat") as db:
                     while not self.stop.is_set():
-                        if not conn.execute("SELECT ml.worker_heartbeat(%s)", (self.id,)).fetchone()[0]:
+                        if not db.worker_heartbeat(self.id):
                             log.warning("worker %s was reaped (silent too long); registering again", self.id)
                             self._register()
                         if time.monotonic() - last_reap > self.config.heartbeat_interval * 2:
-                            if conn.execute("SELECT ml.reap()").fetchone()[0]:
+                            if db.reap():
                                 self.wake.set()
                             last_reap = time.monotonic()
                         self.stop.wait(self.config.heartbeat_interval)
@@ -196,11 +195,11 @@ class Worker:
     def _listen_loop(self) -> None:
         while not self.stop.is_set():
             try:
-                with connect(self.config.dsn, "pgsight_worker_listen") as conn:
-                    conn.execute("LISTEN ml_work")
+                with WorkerDB.connect(self.config.dsn, "pgsight_worker_listen") as db:
+                    db.listen("ml_work")
                     self.wake.set()  # anything queued while we were away
                     while not self.stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
+                        if db.wait_notify(timeout=1.0):
                             self.wake.set()
             except psycopg.OperationalError:
                 self.stop.wait(1.0)
@@ -217,13 +216,13 @@ class Worker:
 
     def _claim(self, n: int) -> Batch | None:
         """Feeder threads: claim a batch and load its images (each feeder has its own connection)."""
-        return self.rows.claim(self._conn(f"claim_{threading.current_thread().name}"), self.id, n)
+        return self.rows.claim(self._db(f"claim_{threading.current_thread().name}"), self.id, n)
 
     def _drain_rows(self) -> bool:
         """Process queued rows until none are left. Two feeders claim and load ahead while the main
         thread computes and a writer thread writes the previous batch back."""
         n = self.config.batch_size
-        write_conn = self._conn("write")
+        write_db = self._db("write")
         inflight: deque[Future[Batch | None]] = deque(self._feeder.submit(self._claim, n) for _ in range(2))
         pending_write: Future[int] | None = None
         any_work = False
@@ -240,7 +239,7 @@ class Worker:
                 self.rows.compute(batch)
                 if pending_write is not None:
                     self.rows_done += pending_write.result()
-                pending_write = self._writer.submit(self.rows.write, write_conn, self.id, batch)
+                pending_write = self._writer.submit(self.rows.write, write_db, self.id, batch)
                 self.batches_done += 1
                 if self.stop.is_set():
                     break  # batches claimed ahead are handed back by worker_unregister
@@ -250,26 +249,25 @@ class Worker:
         return any_work
 
     def _build_indexes(self) -> bool:
-        """HNSW indexes deferred until a large backfill's last row (see ml._install_task)."""
-        conn = self._conn("job")
+        """HNSW indexes deferred until a large backfill's last row (see ml_private._install_task)."""
+        db = self._db("job")
         built = False
         while not self.stop.is_set():
-            task = conn.execute("SELECT ml.build_pending_index(%s)", (self.id,)).fetchone()[0]
+            task = db.build_pending_index(self.id)
             if task is None:
                 break
             log.info("built the HNSW index of task %s", task)
             built = True
         if built:
-            conn.execute("SELECT ml.finish_jobs()")
+            db.finish_jobs()
         return built
 
     def _run_one_job(self) -> bool:
         from pgsight.worker.training import run_job
 
-        conn = self._conn("job")
-        with conn.cursor(row_factory=dict_row) as cur:
-            job = cur.execute("SELECT * FROM ml.claim_job(%s)", (self.id,)).fetchone()
+        db = self._db("job")
+        job = db.claim_job(self.id)
         if job is None:
             return False
-        run_job(self, conn, job)
+        run_job(self, db.conn, job)
         return True

@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 from pgsight.worker import sources, store
+from pgsight.worker.db import ModelInfo, WorkerDB
 from pgsight.worker.models import Adapter
 from pgsight.worker.models.kinds import adapter_class
-from psycopg.rows import dict_row
 
 
 class ModelLoadError(Exception):
@@ -47,39 +47,42 @@ class ModelCache:
         with self._lock:
             return self._loading.setdefault(key, threading.Lock())
 
-    def get(self, conn: psycopg.Connection, name: str, version: int | None = None) -> Adapter:
+    def directory(self, info: ModelInfo) -> Path:
+        """Where the stored weights of a registered model are kept in this worker's cache."""
+        stamp = int(info.updated_at.timestamp() * 1e6)  # a re-created database reuses names
+        return self.cache_dir / f"{info.name}-v{info.version}-{stamp}"
+
+    def get(self, conn: psycopg.Connection | WorkerDB, name: str, version: int | None = None) -> Adapter:
         with self._key_lock(("name", name)):
             cached = self._by_name.get(name)
             if cached and (version is None or cached[0] == version):
                 return cached[1]
-            with conn.cursor(row_factory=dict_row) as cur:
-                info = cur.execute("SELECT * FROM ml.model_info(%s)", (name,)).fetchone()
+            db = WorkerDB.of(conn)
+            info = db.model_info(name)
             if info is None:
                 raise ModelLoadError(f"no model named {name!r}")
-            source = self._files(conn, info)
-            opts = dict(info["options"] or {})
-            opts["_info"] = info["info"] or {}
-            adapter = self.from_source(info["kind"], source, opts)
-            self._by_name[name] = (info["version"], adapter)
+            source = self._fetch(db, info)
+            opts = dict(info.options or {})
+            opts["_info"] = info.info or {}
+            adapter = self.from_source(info.kind, source, opts)
+            self._by_name[name] = (info.version, adapter)
             return adapter
 
-    def directory(self, conn: psycopg.Connection, name: str) -> str:
+    def files(self, conn: psycopg.Connection | WorkerDB, name: str) -> str:
         """Where the registered model `name` loads from: its stored files, fetched into the cache
-        directory, or its source (hub id or directory) when it has none."""
-        with self._key_lock(("name", name)), conn.cursor(row_factory=dict_row) as cur:
-            info = cur.execute("SELECT * FROM ml.model_info(%s)", (name,)).fetchone()
+        directory, or its source (hub id or directory) when it has none. Loads no model."""
+        with self._key_lock(("name", name)):
+            info = WorkerDB.of(conn).model_info(name)
             if info is None:
                 raise ModelLoadError(f"no model named {name!r}")
-            return self._files(conn, info)
+            return self._fetch(WorkerDB.of(conn), info)
 
-    def _files(self, conn: psycopg.Connection, info: dict[str, Any]) -> str:
-        if not info["stored"]:
-            return info["source"]
-        name = info["name"]
-        stamp = int(info["updated_at"].timestamp() * 1e6)  # a re-created database reuses names
-        directory = self.cache_dir / f"{name}-v{info['version']}-{stamp}"
+    def _fetch(self, db: WorkerDB, info: ModelInfo) -> str | None:
+        if not info.stored:
+            return info.source
+        directory = self.directory(info)
         if not (directory / ".complete").exists():
-            if store.load_dir(conn, f"model/{name}/{info['version']}/", directory) == 0:
-                raise ModelLoadError(f"model {name!r} v{info['version']} has no stored weights")
+            if store.load_dir(db, f"model/{info.name}/{info.version}/", directory) == 0:
+                raise ModelLoadError(f"model {info.name!r} v{info.version} has no stored weights")
             (directory / ".complete").touch()
         return str(directory)

@@ -12,19 +12,18 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from pgsight.worker.db import ClaimedRow, TaskInfo, WorkerDB
 from pgsight.worker.images import ImageError, ImageLoader
-from pgsight.worker.kit import generation
 from pgsight.worker.loaders import LoaderPool
-from pgsight.worker.models import Adapter
+from pgsight.worker.models import Adapter, generation
 from pgsight.worker.registry import ModelCache, ModelLoadError
-from psycopg.rows import dict_row
 
 log = logging.getLogger("pgsight.worker")
 
 
 @dataclass
 class Batch:
-    task: dict[str, Any]
+    task: TaskInfo | None                                 # None: the task vanished since the claim
     queue_ids: list[int]
     keys: list[str]
     hashes: list[str | None]
@@ -37,6 +36,10 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.queue_ids)
+
+    @property
+    def task_id(self) -> int | None:
+        return self.task.id if self.task is not None else None
 
 
 class RowProcessor:
@@ -54,34 +57,34 @@ class RowProcessor:
         self.loaders.close()
 
     # -- stage 1: claim and load (feeder thread, its own connection) --------------------------
-    def claim(self, conn: psycopg.Connection, worker_id: int, n: int) -> Batch | None:
+    def claim(self, db: WorkerDB, worker_id: int, n: int) -> Batch | None:
         t0 = time.perf_counter()
-        rows = conn.execute("SELECT * FROM ml.claim(%s, %s)", (worker_id, n)).fetchall()
+        rows = db.claim(worker_id, n)
         t1 = time.perf_counter()
         self.seconds["claim"] += t1 - t0
         if not rows:
             return None
         try:
-            return self._prepare(conn, rows)
+            return self._prepare(db, rows)
         finally:
             self.seconds["load"] += time.perf_counter() - t1
 
-    def _prepare(self, conn: psycopg.Connection, rows: list[tuple]) -> Batch:
-        task = self._task(conn, rows[0][1])
-        batch = Batch(task=task or {}, queue_ids=[r[0] for r in rows], keys=[r[2] for r in rows],
-                      hashes=[r[6] for r in rows])
+    def _prepare(self, db: WorkerDB, rows: list[ClaimedRow]) -> Batch:
+        task = db.task_info(rows[0].task_id)
+        batch = Batch(task=task, queue_ids=[r.queue_id for r in rows], keys=[r.key for r in rows],
+                      hashes=[r.src_hash for r in rows])
         if task is None:
             batch.retry_error = "task vanished"
             return batch
         try:
-            batch.adapter = self.models.get(conn, task["model"], task["model_version"])
+            batch.adapter = self.models.get(db, task.model, task.model_version)
         except psycopg.OperationalError:
             raise
         except Exception as e:  # weights missing or corrupt, disk full ...: retried, then dead-lettered
-            batch.retry_error = str(e) if isinstance(e, ModelLoadError) else f"cannot load model {task['model']!r}: {e}"
+            batch.retry_error = str(e) if isinstance(e, ModelLoadError) else f"cannot load model {task.model!r}: {e}"
             return batch
-        sources = [(r[3], r[4], r[5]) for r in rows]  # present, text, bytes
-        if task["modality"] == "text":
+        sources = [(r.present, r.src, r.src_bytes) for r in rows]
+        if task.modality == "text":
             batch.inputs = [src if present else None for present, src, _ in sources]
         elif batch.adapter.prep is not None:
             loaded = self.loaders.load(sources, batch.adapter.prep)
@@ -112,10 +115,6 @@ class RowProcessor:
             except Exception as e:  # a model's preprocessing choked on this one image
                 batch.errors[i] = f"preprocessing failed: {type(e).__name__}: {e}"
 
-    def _task(self, conn: psycopg.Connection, task_id: int) -> dict[str, Any] | None:
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute("SELECT * FROM ml.task_info(%s)", (task_id,)).fetchone()
-
     # -- stage 2: compute (the worker's main thread) ------------------------------------------
     def compute(self, batch: Batch) -> None:
         t0 = time.perf_counter()
@@ -129,7 +128,7 @@ class RowProcessor:
             self.seconds["compute"] += time.perf_counter() - t0
 
     def _compute(self, batch: Batch) -> None:
-        if batch.retry_error:
+        if batch.retry_error or batch.task is None:
             return
         ok = [i for i, x in enumerate(batch.inputs) if x is not None and i not in batch.errors]
         batch.results = [None] * len(batch)
@@ -137,8 +136,8 @@ class RowProcessor:
             return
         items = [batch.inputs[i] for i in ok]
         try:
-            if batch.task["kind"] == "embedding":
-                if batch.task["modality"] == "text":
+            if batch.task.kind == "embedding":
+                if batch.task.modality == "text":
                     out = batch.adapter.embed_texts(items)
                 else:
                     out = batch.adapter.embed_images(items)
@@ -147,63 +146,60 @@ class RowProcessor:
                     raise ValueError("the model produced NaN or infinite values")
                 for i, vec in zip(ok, out):
                     batch.results[i] = vec
-            elif generation.is_spec(batch.task["question"]):  # ml.create_generation: text, score
-                spec = generation.parse_spec(batch.task["question"])
+            elif generation.is_spec(batch.task.question):  # ml.create_generation: text, score
+                spec = generation.parse_spec(batch.task.question)
                 for i, pair in zip(ok, batch.adapter.generate(items, spec.prompt, spec.opts)):
                     batch.results[i] = pair
             else:
-                answers = batch.adapter.answer(items, [batch.task["question"]] * len(items), 1)
+                answers = batch.adapter.answer(items, [batch.task.question or ""] * len(items), 1)
                 for i, ranked in zip(ok, answers):
                     batch.results[i] = ranked[0] if ranked else (None, None)
         except Exception as e:  # the batch failed as a whole: retried with backoff, then dead-lettered
             batch.retry_error = f"{type(e).__name__}: {e}"
 
     # -- stage 3: write back (writer thread, its own connection) -------------------------------
-    def write(self, conn: psycopg.Connection, worker_id: int, batch: Batch) -> int:
+    def write(self, db: WorkerDB, worker_id: int, batch: Batch) -> int:
         t0 = time.perf_counter()
         try:
-            return self._write(conn, worker_id, batch)
+            return self._write(db, worker_id, batch)
         finally:
             self.seconds["write"] += time.perf_counter() - t0
 
-    def _write(self, conn: psycopg.Connection, worker_id: int, batch: Batch) -> int:
+    def _write(self, db: WorkerDB, worker_id: int, batch: Batch) -> int:
         try:
-            return self._write_batch(conn, worker_id, batch)
+            return self._write_batch(db, worker_id, batch)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as e:
-            # ml._write_back attributes row and table errors itself; anything left is the task's:
+            # ml_internal._write_back attributes row and table errors itself; anything left is the task's:
             # record it, back the task off and hand its rows back (other tasks go on)
-            tid = batch.task.get("id")
+            tid = batch.task_id
             log.warning("task %s: writing back failed: %s", tid, e)
             if tid is not None:
-                conn.execute("SELECT ml.task_failed(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, str(e)))
+                db.task_failed(worker_id, tid, batch.queue_ids, str(e))
             else:
-                conn.execute("SELECT ml.retry_rows(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, str(e)))
+                db.retry_rows(worker_id, tid, batch.queue_ids, str(e))
             return 0
 
-    def _write_batch(self, conn: psycopg.Connection, worker_id: int, batch: Batch) -> int:
-        tid = batch.task.get("id")
-        if batch.retry_error:
-            conn.execute("SELECT ml.retry_rows(%s, %s, %s, %s)", (worker_id, tid, batch.queue_ids, batch.retry_error))
-            conn.execute("SELECT ml.finish_jobs()")  # the last attempt may have dead-lettered the job's last rows
+    def _write_batch(self, db: WorkerDB, worker_id: int, batch: Batch) -> int:
+        tid = batch.task_id
+        if batch.retry_error or batch.task is None or tid is None:
+            db.retry_rows(worker_id, tid, batch.queue_ids, batch.retry_error or "task vanished")
+            db.finish_jobs()  # the last attempt may have dead-lettered the job's last rows
             return 0
         if batch.errors:
             idx = sorted(batch.errors)
-            conn.execute("SELECT ml.fail_rows(%s, %s, %s, %s, %s)",
-                         (worker_id, tid, [batch.queue_ids[i] for i in idx], [batch.keys[i] for i in idx],
-                          [batch.errors[i] for i in idx]))
+            db.fail_rows(worker_id, tid, [batch.queue_ids[i] for i in idx], [batch.keys[i] for i in idx],
+                         [batch.errors[i] for i in idx])
         ok = [i for i in range(len(batch)) if i not in batch.errors]
         if ok:
             qids = [batch.queue_ids[i] for i in ok]
             keys = [batch.keys[i] for i in ok]
             hashes = [batch.hashes[i] for i in ok]
-            if batch.task["kind"] == "embedding":
-                conn.execute("SELECT ml.write_embeddings(%s, %s, %s, %s, %s, %b::vector[])",  # %b: binary, 40x faster
-                             (worker_id, tid, qids, keys, hashes, [batch.results[i] for i in ok]))
+            if batch.task.kind == "embedding":
+                db.write_embeddings(worker_id, tid, qids, keys, hashes, [batch.results[i] for i in ok])
             else:
                 pairs = [batch.results[i] or (None, None) for i in ok]
-                conn.execute("SELECT ml.write_predictions(%s, %s, %s, %s, %s, %s, %s::real[])",
-                             (worker_id, tid, qids, keys, hashes, [p[0] for p in pairs], [p[1] for p in pairs]))
-        conn.execute("SELECT ml.finish_jobs()")
+                db.write_predictions(worker_id, tid, qids, keys, hashes, [p[0] for p in pairs], [p[1] for p in pairs])
+        db.finish_jobs()
         return len(batch)

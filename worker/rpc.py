@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from pgsight.worker.connection import connect
+from pgsight.worker.db import RpcReply, RpcRequest, WorkerDB
 from pgsight.worker.images import ImageError, ImageLoader
-from pgsight.worker.kit import generation
+from pgsight.worker.models import generation
 from pgsight.worker.models.clip.zeroshot import check, ranked
 from pgsight.worker.registry import ModelCache
 
@@ -34,132 +34,125 @@ class RpcServer:
         backoff = 0.5
         while not self.stop.is_set():
             try:
-                with connect(self.dsn, "pgsight_worker_rpc") as conn:
-                    conn.execute("LISTEN ml_rpc")
+                with WorkerDB.connect(self.dsn, "pgsight_worker_rpc") as db:
+                    db.listen("ml_rpc")
                     backoff = 0.5
-                    self._serve_forever(conn)
+                    self._serve_forever(db)
             except psycopg.OperationalError as e:
                 log.warning("rpc connection lost (%s); reconnecting in %.1fs", e, backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10)
 
-    def _serve_forever(self, conn: psycopg.Connection) -> None:
+    def _serve_forever(self, db: WorkerDB) -> None:
         while not self.stop.is_set():
-            requests = conn.execute("SELECT id, op, model, payload, image FROM ml.rpc_claim(%s, %s)",
-                                    (self.worker_id(), self.batch)).fetchall()
+            requests = db.rpc_claim(self.worker_id(), self.batch)
             if requests:
-                self._answer(conn, requests)
+                self._answer(db, requests)
                 continue
-            for _ in conn.notifies(timeout=0.5, stop_after=1):
-                pass
+            db.wait_notify(timeout=0.5)
 
-    def _answer(self, conn: psycopg.Connection, requests: list[tuple]) -> None:
-        replies: dict[int, tuple[Any, Any, str | None]] = {}
-        groups: dict[tuple[str, str], list[tuple]] = defaultdict(list)
+    def _answer(self, db: WorkerDB, requests: list[RpcRequest]) -> None:
+        replies: dict[int, RpcReply] = {}
+        groups: dict[tuple[str, str], list[RpcRequest]] = defaultdict(list)
         for req in requests:
-            groups[(req[1], req[2] or "")].append(req)
+            groups[(req.op, req.model or "")].append(req)
         for (op, model), reqs in groups.items():
             try:
                 if op == "describe":
-                    for rid, _, _, payload, _ in reqs:
-                        replies[rid] = self._describe(payload)
+                    for req in reqs:
+                        replies[req.id] = self._describe(req.payload)
                 elif op == "embed":
-                    replies.update(self._embed(conn, model, reqs))
+                    replies.update(self._embed(db, model, reqs))
                 elif op == "answer":
-                    replies.update(self._answers(conn, model, reqs))
+                    replies.update(self._answers(db, model, reqs))
                 elif op == "classify":
-                    replies.update(self._classify(conn, model, reqs))
+                    replies.update(self._classify(db, model, reqs))
                 elif op == "generate":
-                    replies.update(self._generate(conn, model, reqs))
+                    replies.update(self._generate(db, model, reqs))
                 else:
                     raise ValueError(f"unknown request {op!r}")
             except Exception as e:  # the group failed: every caller in it gets the reason
                 log.exception("rpc %s for %s failed", op, model)
                 for req in reqs:
-                    replies.setdefault(req[0], (None, None, f"{op} failed: {e}"))
-        ids = list(replies)
-        conn.execute("SELECT ml.rpc_reply(%s, %b::vector[], %s::jsonb[], %s)",
-                     (ids, [replies[i][0] for i in ids], [replies[i][1] for i in ids], [replies[i][2] for i in ids]))
-        self.served += len(ids)
+                    replies.setdefault(req.id, RpcReply(error=f"{op} failed: {e}"))
+        db.rpc_reply(replies)
+        self.served += len(replies)
 
-    def _describe(self, payload: dict[str, Any]) -> tuple[Any, Any, str | None]:
+    def _describe(self, payload: dict[str, Any]) -> RpcReply:
         adapter = self.models.from_source(payload["kind"], payload.get("source"), payload.get("options") or {})
-        return None, psycopg.types.json.Jsonb(adapter.describe()), None
+        return RpcReply(response=adapter.describe())
 
-    def _load(self, adapter, payload: dict[str, Any], image: bytes | None) -> Any:
-        return adapter.preprocess(self.loader.load(payload.get("input"), image))
+    def _load(self, adapter, req: RpcRequest) -> Any:
+        return adapter.preprocess(self.loader.load(req.payload.get("input"), req.image))
 
-    def _embed(self, conn, model: str, reqs: list[tuple]) -> dict[int, tuple]:
-        out: dict[int, tuple] = {}
+    def _embed(self, db: WorkerDB, model: str, reqs: list[RpcRequest]) -> dict[int, RpcReply]:
+        out: dict[int, RpcReply] = {}
         by_modality: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-        adapter = self.models.get(conn, model, reqs[0][3].get("version"))
-        for rid, _, _, payload, image in reqs:
-            if payload.get("modality") == "text":
-                by_modality["text"].append((rid, payload.get("input") or ""))
+        adapter = self.models.get(db, model, reqs[0].payload.get("version"))
+        for req in reqs:
+            if req.payload.get("modality") == "text":
+                by_modality["text"].append((req.id, req.payload.get("input") or ""))
                 continue
             try:
-                by_modality["image"].append((rid, self._load(adapter, payload, image)))
+                by_modality["image"].append((req.id, self._load(adapter, req)))
             except ImageError as e:
-                out[rid] = (None, None, str(e))
+                out[req.id] = RpcReply(error=str(e))
         for modality, items in by_modality.items():
             fn = adapter.embed_texts if modality == "text" else adapter.embed_images
             vecs = np.asarray(fn([x for _, x in items]), dtype=np.float32)
             for (rid, _), vec in zip(items, vecs):
-                out[rid] = (vec, None, None)
+                out[rid] = RpcReply(vec=vec)
         return out
 
-    def _answers(self, conn, model: str, reqs: list[tuple]) -> dict[int, tuple]:
-        out: dict[int, tuple] = {}
-        adapter = self.models.get(conn, model, reqs[0][3].get("version"))
+    def _answers(self, db: WorkerDB, model: str, reqs: list[RpcRequest]) -> dict[int, RpcReply]:
+        out: dict[int, RpcReply] = {}
+        adapter = self.models.get(db, model, reqs[0].payload.get("version"))
         ok: list[tuple[int, Any, str, int]] = []
-        for rid, _, _, payload, image in reqs:
+        for req in reqs:
             try:
-                ok.append((rid, self._load(adapter, payload, image), payload.get("question") or "", int(payload.get("k", 1))))
+                ok.append((req.id, self._load(adapter, req), req.payload.get("question") or "",
+                           int(req.payload.get("k", 1))))
             except ImageError as e:
-                out[rid] = (None, None, str(e))
+                out[req.id] = RpcReply(error=str(e))
         if ok:
             k = max(item[3] for item in ok)
             ranked = adapter.answer([x[1] for x in ok], [x[2] for x in ok], k)
             for (rid, _, _, want), answers in zip(ok, ranked):
-                body = [{"answer": a, "score": float(s)} for a, s in answers[:want]]
-                out[rid] = (None, psycopg.types.json.Jsonb(body), None)
+                out[rid] = RpcReply(response=[{"answer": a, "score": float(s)} for a, s in answers[:want]])
         return out
 
-    def _classify(self, conn, model: str, reqs: list[tuple]) -> dict[int, tuple]:
+    def _classify(self, db: WorkerDB, model: str, reqs: list[RpcRequest]) -> dict[int, RpcReply]:
         """Zero-shot labels: the requests' images against their label sets, one forward pass per label
         set (whose text embeddings are cached per model version)."""
-        out: dict[int, tuple] = {}
-        adapter = self.models.get(conn, model, reqs[0][3].get("version"))
+        out: dict[int, RpcReply] = {}
+        adapter = self.models.get(db, model, reqs[0].payload.get("version"))
         if not hasattr(adapter, "classify"):
             raise ValueError(f"model {model!r} cannot classify: it needs a CLIP-style image and text encoder")
         groups: dict[tuple, list[tuple[int, Any]]] = defaultdict(list)
-        for rid, _, _, payload, image in reqs:
+        for req in reqs:
             try:
-                spec = check(payload.get("labels"), payload.get("template"))
-                groups[spec].append((rid, self._load(adapter, payload, image)))
+                spec = check(req.payload.get("labels"), req.payload.get("template"))
+                groups[spec].append((req.id, self._load(adapter, req)))
             except (ImageError, ValueError) as e:
-                out[rid] = (None, None, str(e))
+                out[req.id] = RpcReply(error=str(e))
         for (labels, template), items in groups.items():
             probs = adapter.classify([x for _, x in items], labels, template)
             for (rid, _), row in zip(items, ranked(probs, labels)):
-                body = [{"label": a, "score": s} for a, s in row]
-                out[rid] = (None, psycopg.types.json.Jsonb(body), None)
+                out[rid] = RpcReply(response=[{"label": a, "score": s} for a, s in row])
         return out
 
-    def _generate(self, conn, model: str, reqs: list[tuple]) -> dict[int, tuple]:
+    def _generate(self, db: WorkerDB, model: str, reqs: list[RpcRequest]) -> dict[int, RpcReply]:
         """Text from images: one batched generate() per (prompt, options) among the requests."""
-        out: dict[int, tuple] = {}
-        adapter = self.models.get(conn, model, reqs[0][3].get("version"))
-        if not hasattr(adapter, "generate"):
-            raise ValueError(f"model {model!r} ({adapter.kind}) does not generate text")
+        out: dict[int, RpcReply] = {}
+        adapter = self.models.get(db, model, reqs[0].payload.get("version"))
         groups: dict[generation.Spec, list[tuple[int, Any]]] = defaultdict(list)
-        for rid, _, _, payload, image in reqs:
+        for req in reqs:
             try:
-                spec = generation.make_spec(payload.get("prompt"), payload.get("options"))
-                groups[spec].append((rid, self._load(adapter, payload, image)))
+                spec = generation.make_spec(req.payload.get("prompt"), req.payload.get("options"))
+                groups[spec].append((req.id, self._load(adapter, req)))
             except (ImageError, ValueError) as e:
-                out[rid] = (None, None, str(e))
+                out[req.id] = RpcReply(error=str(e))
         for spec, items in groups.items():
             for (rid, _), (text, score) in zip(items, adapter.generate([x for _, x in items], spec.prompt, spec.opts)):
-                out[rid] = (None, psycopg.types.json.Jsonb({"text": text, "score": score}), None)
+                out[rid] = RpcReply(response={"text": text, "score": score})
         return out

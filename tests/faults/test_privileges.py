@@ -64,7 +64,7 @@ def test_users_reach_only_their_own_tables(dsn, roles, tmp_path):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             alice.execute("SELECT conninfo FROM ml.loopback")
         with pytest.raises(psycopg.Error, match="may not open a loopback connection as"):
-            alice.execute("SELECT ml._loopback_open(%s)", (names["bob"],))
+            alice.execute("SELECT ml_private._loopback_open(%s)", (names["bob"],))
 
     # the worker role reads exactly the columns pgsight needs: not the note, not bob's table
     with psycopg.connect(dsns["wrk"], autocommit=True) as wrk:

@@ -71,21 +71,21 @@ def attempts(a, conn_name: str, rid: int, waiter: int, victim: str) -> dict[str,
             f"WHERE id = {rid}$q$)",
         "read payloads through the loopback":
             f"SELECT * FROM dblink('{conn_name}', 'SELECT payload::text FROM ml.rpc') AS t(p text)",
-        "answer as the worker (ml.rpc_reply)":
-            f"SELECT ml.rpc_reply(ARRAY[{rid}]::bigint[], ARRAY['{fake}']::vector[], ARRAY[NULL]::jsonb[], "
+        "answer as the worker (ml_internal.rpc_reply)":
+            f"SELECT ml_internal.rpc_reply(ARRAY[{rid}]::bigint[], ARRAY['{fake}']::vector[], ARRAY[NULL]::jsonb[], "
             f"ARRAY[NULL]::text[])",
-        "claim requests as a worker (ml.rpc_claim)": "SELECT count(*) FROM ml.rpc_claim(0, 10)",
-        "read the reply by its waiter key (seen in pg_locks) without the token (ml._rpc_state)":
-            f"SELECT coalesce(status, 'nothing') FROM ml._rpc_state({waiter}, 'guess')",
-        "delete it without the token (ml._rpc_forget)": f"SELECT ml._rpc_forget({rid}, 'guess')",
+        "claim requests as a worker (ml_internal.rpc_claim)": "SELECT count(*) FROM ml_internal.rpc_claim(0, 10)",
+        "read the reply by its waiter key (seen in pg_locks) without the token (ml_private._rpc_state)":
+            f"SELECT coalesce(status, 'nothing') FROM ml_private._rpc_state({waiter}, 'guess')",
+        "delete it without the token (ml_private._rpc_forget)": f"SELECT ml_private._rpc_forget({rid}, 'guess')",
         "read the server secret that signs tickets": "SELECT secret FROM ml.loopback",
-        "sign a ticket for the victim (ml._rpc_ticket)":
-            f"SELECT ml._rpc_ticket('{victim}', sha256('x'::bytea))",
-        "submit as the victim with a made-up ticket (ml._rpc_submit)":
-            f"SELECT ml._rpc_submit('embed', 'px', '{{}}', NULL, '{victim}', sha256('x'::bytea), 1, 'ab')",
-        "submit as the victim with her own ticket (ml._rpc_submit)":
-            f"SELECT ml._rpc_submit('embed', 'px', '{{}}', NULL, '{victim}', sha256('x'::bytea), 1, "
-            f"ml._rpc_ticket(current_user, sha256('x'::bytea)))",
+        "sign a ticket for the victim (ml_private._rpc_ticket)":
+            f"SELECT ml_private._rpc_ticket('{victim}', sha256('x'::bytea))",
+        "submit as the victim with a made-up ticket (ml_private._rpc_submit)":
+            f"SELECT ml_private._rpc_submit('embed', 'px', '{{}}', NULL, '{victim}', sha256('x'::bytea), 1, 'ab')",
+        "submit as the victim with her own ticket (ml_private._rpc_submit)":
+            f"SELECT ml_private._rpc_submit('embed', 'px', '{{}}', NULL, '{victim}', sha256('x'::bytea), 1, "
+            f"ml_private._rpc_ticket(current_user, sha256('x'::bytea)))",
     }
     results = {}
     for label, sql in tries.items():
@@ -110,7 +110,7 @@ def test_another_session_cannot_forge_or_read_a_query_time_call(dsn, tenants, fi
                                               (rid,)).fetchone()
         assert owner == names["tenant_b"] and hashed
         with psycopg.connect(dsns["tenant_a"], autocommit=True) as a:
-            conn_name = a.execute("SELECT ml._loopback_open(%s)", (names["tenant_a"],)).fetchone()[0]
+            conn_name = a.execute("SELECT ml_private._loopback_open(%s)", (names["tenant_a"],)).fetchone()[0]
             assert a.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
                              "AND ((classid::bigint << 32) | objid::bigint) = %s", (waiter,)).fetchone()[0] == 1
             results = attempts(a, conn_name, rid, waiter, names["tenant_b"])
@@ -151,11 +151,11 @@ def test_ticket_is_bound_to_role_and_token(dsn, tenants):
     dsns, names = tenants
     with psycopg.connect(dsns["tenant_a"], autocommit=True) as a:
         h1, h2 = hashlib.sha256(b"one").digest(), hashlib.sha256(b"two").digest()
-        t1 = a.execute("SELECT ml._rpc_ticket(current_user, %s)", (h1,)).fetchone()[0]
-        assert t1 != a.execute("SELECT ml._rpc_ticket(current_user, %s)", (h2,)).fetchone()[0]
+        t1 = a.execute("SELECT ml_private._rpc_ticket(current_user, %s)", (h1,)).fetchone()[0]
+        assert t1 != a.execute("SELECT ml_private._rpc_ticket(current_user, %s)", (h2,)).fetchone()[0]
         # her ticket for one token does not submit another token, nor for another role
         for who, h in ((names["tenant_a"], h2), (names["tenant_b"], h1)):
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="ticket does not match"):
-                a.execute("SELECT ml._rpc_submit('embed', 'px', '{}', NULL, %s, %s, 1, %s)", (who, h, t1))
+                a.execute("SELECT ml_private._rpc_submit('embed', 'px', '{}', NULL, %s, %s, 1, %s)", (who, h, t1))
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not submit a query-time request as"):
-            a.execute("SELECT ml._rpc_ticket(%s, %s)", (names["tenant_b"], h1))
+            a.execute("SELECT ml_private._rpc_ticket(%s, %s)", (names["tenant_b"], h1))

@@ -16,17 +16,17 @@ from pgsight.testing import running_worker
 SECRET = "TOPSECRET"
 TINY = {"arch": "tiny", "image_size": 16, "batch_size": 4, "max_epochs": 1}
 
-# Every SECURITY DEFINER function of schema ml, reviewed (docs/security.md lists why each is one).
+# Every SECURITY DEFINER function of schemas ml, ml_private and ml_internal, reviewed (docs/security.md lists why each is one).
 # A new one fails test_security_definer_functions_are_reviewed until it is added here after review.
 REVIEWED_DEFINERS = {
-    "_loopback_open",                          # read ml.loopback (may hold a password)
-    "_on_insert", "_on_insert_row", "_on_update",  # queue rows for whoever writes a user's table
-    "_on_ddl_end", "_on_sql_drop",             # event triggers: follow renames, forget dropped columns (any role's DDL)
-    "_job_submit", "_snapshot_seal", "_snapshot_drop", "_job_cancel",   # training/evaluation jobs
-    "_task_add", "_task_index_state", "_backfill_job", "_tasks_forget",  # derived columns
-    "_model_put", "_model_drop",                # models
-    "_rpc_ticket", "_rpc_submit", "_rpc_state", "_rpc_forget",  # query-time requests (docs/query-time.md)
-    "_owner_fn", "_owner_task",                # the worker acts on user tables as their owners (udf/owner.sql)
+    "ml_private._loopback_open",                       # read ml.loopback (may hold a password)
+    "ml_private._on_insert", "ml_private._on_insert_row", "ml_private._on_update",  # queue rows for whoever writes a user's table
+    "ml_private._on_ddl_end", "ml_private._on_sql_drop",       # event triggers: follow renames, forget dropped columns (any role's DDL)
+    "ml_private._job_submit", "ml_private._snapshot_seal", "ml_internal._snapshot_drop", "ml_private._job_cancel",  # training/evaluation jobs
+    "ml_private._task_add", "ml_private._task_index_state", "ml_private._backfill_job", "ml_private._tasks_forget",  # derived columns
+    "ml_private._model_put", "ml_private._model_drop",          # models
+    "ml_private._rpc_ticket", "ml_private._rpc_submit", "ml_private._rpc_state", "ml_private._rpc_forget",  # query-time requests (docs/query-time.md)
+    "ml_private._owner_fn", "ml_private._owner_task",          # the worker acts on user tables as their owners (udf/owner.sql)
 }
 
 
@@ -127,7 +127,8 @@ def test_training_reads_only_the_snapshot(dsn, tenants, worker_dsn):
         a.execute(f"INSERT INTO ml.snapshot_{job} VALUES (99, '/etc/passwd')")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):  # nor may tenant_b read it, nor drop it
         tenants["b"].execute(f"SELECT * FROM ml.snapshot_{job}")
-    assert tenants["b"].execute("SELECT ml._snapshot_drop(%s)", (job,)).fetchone()[0] is False
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # ml_internal is the worker's
+        tenants["b"].execute("SELECT ml_internal._snapshot_drop(%s)", (job,))
     params = a.execute("SELECT params FROM ml.jobs WHERE id = %s", (job,)).fetchone()[0]
     assert params["rows"] == 4
     with running_worker(worker_dsn, [tenants["images"]]):
@@ -197,31 +198,31 @@ def test_tenants_see_and_change_only_their_own(dsn, tenants):
         a.execute("SELECT ml.drop_embedding('b_pics', 'embedding')")
     # the helpers themselves: forging the role they act for, or pointing them at what is not hers
     forged = [
-        ("SELECT ml._job_cancel(%s, %s)", (job_b, names["tenant_b"])),
-        ("SELECT ml._model_drop(%s, 'pxb')", (names["tenant_b"],)),
-        ("SELECT ml._task_add(%s, 'secret', 'embedding', 'pxb', 's', 's', 'image', NULL, 's', 'text', NULL)",
+        ("SELECT ml_private._job_cancel(%s, %s)", (job_b, names["tenant_b"])),
+        ("SELECT ml_private._model_drop(%s, 'pxb')", (names["tenant_b"],)),
+        ("SELECT ml_private._task_add(%s, 'secret', 'embedding', 'pxb', 's', 's', 'image', NULL, 's', 'text', NULL)",
          (names["tenant_a"],)),
-        ("SELECT ml._backfill_job((SELECT min(id) FROM ml.tasks), %s, '{1}')", (names["tenant_b"],)),
-        ("SELECT ml._job_submit(%s, 'train', 'x', '{}', '{a}', '{text}', '[{\"a\": \"1\"}]')", (names["tenant_b"],)),
+        ("SELECT ml_private._backfill_job((SELECT min(id) FROM ml.tasks), %s, '{1}')", (names["tenant_b"],)),
+        ("SELECT ml_private._job_submit(%s, 'train', 'x', '{}', '{a}', '{text}', '[{\"a\": \"1\"}]')", (names["tenant_b"],)),
     ]
     for sql, args in forged:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             a.execute(sql, args)
     # called directly, as herself, the job helper checks what ml.build_model checks
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to"):
-        a.execute("SELECT ml._job_submit(%s, 'train', 'pxb', '{\"kind\": \"simclr\", \"options\": {}}', '{a}', "
+        a.execute("SELECT ml_private._job_submit(%s, 'train', 'pxb', '{\"kind\": \"simclr\", \"options\": {}}', '{a}', "
                   "'{text}')", (names["tenant_a"],))
     with pytest.raises(psycopg.Error, match="unknown option"):
-        a.execute("SELECT ml._job_submit(%s, 'train', 'mine', '{\"kind\": \"simclr\", \"options\": {\"x\": 1}}', "
+        a.execute("SELECT ml_private._job_submit(%s, 'train', 'mine', '{\"kind\": \"simclr\", \"options\": {\"x\": 1}}', "
                   "'{a}', '{text}')", (names["tenant_a"],))
     # the helpers anyone may call touch only what is over: b's column exists, so her task stays
-    assert a.execute("SELECT ml._tasks_forget(NULL)").fetchone()[0] == 0
+    assert a.execute("SELECT ml_private._tasks_forget(NULL)").fetchone()[0] == 0
     assert b.execute("SELECT count(*) FROM ml.tasks").fetchone()[0] == 1
     # a trigger of her own that points pgsight's queue trigger at b's task queues nothing
     pics(a, "a_pics")
     tid_b = b.execute("SELECT id FROM ml.tasks").fetchone()[0]
     a.execute("CREATE TRIGGER hijack AFTER INSERT ON a_pics REFERENCING NEW TABLE AS new_rows "
-              f"FOR EACH STATEMENT EXECUTE FUNCTION ml._on_insert({tid_b})")
+              f"FOR EACH STATEMENT EXECUTE FUNCTION ml_private._on_insert({tid_b})")
     before = b.execute("SELECT count(*) FROM ml.queue").fetchone()[0]
     a.execute("INSERT INTO a_pics VALUES (100, 'x.png')")
     assert b.execute("SELECT count(*) FROM ml.queue").fetchone()[0] == before
@@ -304,9 +305,10 @@ def test_hostile_names_and_types(tenants):
 
 
 def test_security_definer_functions_are_reviewed(conn):
-    """Every SECURITY DEFINER function of ml is on the reviewed list and pins its search_path."""
-    rows = conn.execute("SELECT p.proname, p.proconfig FROM pg_proc p WHERE p.pronamespace = 'ml'::regnamespace "
-                        "AND p.prosecdef").fetchall()
+    """Every SECURITY DEFINER function of pgsight's schemas is on the reviewed list and pins its search_path."""
+    rows = conn.execute("SELECT n.nspname || '.' || p.proname, p.proconfig FROM pg_proc p "
+                        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                        "WHERE n.nspname IN ('ml', 'ml_private', 'ml_internal') AND p.prosecdef").fetchall()
     found = {name for name, _ in rows}
     assert found - REVIEWED_DEFINERS == set(), "new SECURITY DEFINER functions: review them, then list them here"
     assert REVIEWED_DEFINERS - found == set(), "listed functions that are gone: take them off the list"

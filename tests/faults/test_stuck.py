@@ -69,9 +69,9 @@ def claim_ms(conn, worker: int, rounds: int = 30) -> float:
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        ids = [r[0] for r in conn.execute("SELECT queue_id FROM ml.claim(%s, 256)", (worker,))]
+        ids = [r[0] for r in conn.execute("SELECT queue_id FROM ml_internal.claim(%s, 256)", (worker,))]
         times.append((time.perf_counter() - t0) * 1000)
-        conn.execute("SELECT ml.retry_rows(%s, NULL, %s, 'bench')", (worker, ids))
+        conn.execute("SELECT ml_internal.retry_rows(%s, NULL, %s, 'bench')", (worker, ids))
         conn.execute("UPDATE ml.queue SET not_before = NULL, attempts = 0 WHERE id = ANY(%s)", (ids,))
     return statistics.median(times)
 
@@ -81,7 +81,7 @@ def test_claim_latency_stays_flat_with_a_deep_backlog(conn, figures):
     conn.execute("SELECT ml.load_model('px', 'pixels')")
     make_table(conn, "small", 1_000)
     make_table(conn, "big", 100_000)
-    w = conn.execute("SELECT ml.worker_register('bench', 1, 'cpu')").fetchone()[0]
+    w = conn.execute("SELECT ml_internal.worker_register('bench', 1, 'cpu')").fetchone()[0]
     small = conn.execute("SELECT ml.create_embedding('small', 'px', 'path')").fetchone()[0]
     conn.execute("ANALYZE ml.queue")
     at_1k = claim_ms(conn, w)

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pgsight.worker.images import ImageError
-from pgsight.worker.kit import generation as g
+from pgsight.worker.models import generation as g
 
 EMPTY = "<empty>"
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -12,8 +12,8 @@ def resolve_model(ctx: Any, ref: str, kind: str, *, what: str = "base", hub: boo
     ref = str(ref)
     info = ctx.model_info(ref)
     if info is not None:
-        if info["kind"] != kind:
-            raise ValueError(f"{what} {ref!r} is a {info['kind']} model, not a {kind} model")
+        if info.kind != kind:
+            raise ValueError(f"{what} {ref!r} is a {info.kind} model, not a {kind} model")
         return ctx.model_dir(ref)
     if Path(ref).is_dir() or hub:
         return ref

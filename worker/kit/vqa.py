@@ -120,7 +120,7 @@ def evaluate(ctx, adapter=None) -> dict[str, Any]:
     model_name = ctx.model_name
     trained = ctx.model_info(model_name)
     defaults = {"image_col": "image_path", "question_col": "question", "answers_col": "answers"}
-    defaults.update({k: v for k, v in ((trained or {}).get("options") or {}).items() if k in defaults and v})
+    defaults.update({k: v for k, v in ((trained.options if trained else None) or {}).items() if k in defaults and v})
     opts = {**defaults, **{k: v for k, v in ctx.options.items() if k in defaults and v}}
     batch = int(ctx.options.get("batch_size") or 64)
     if batch < 1:

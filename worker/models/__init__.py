@@ -50,6 +50,10 @@ class Adapter:
     def answer(self, items: list[Any], questions: list[str], k: int) -> list[list[tuple[str, float]]]:
         raise NotImplementedError(f"{self.kind} models do not answer questions")
 
+    def generate(self, items: list[Any], prompt: str | None, options: dict[str, Any]) -> list[tuple[str, float]]:
+        """(text, score) per image: ml.generate, ml.create_generation (pgsight.worker.models.generation)."""
+        raise NotImplementedError(f"{self.kind} models do not generate text")
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)

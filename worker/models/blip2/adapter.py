@@ -105,7 +105,7 @@ class Blip2Adapter(Adapter):
     def generate(self, items: list[torch.Tensor], prompt: str | None, opts: dict[str, Any]) -> list[tuple[str, float]]:
         """Captioning (ml.generate, ml.create_generation): the text generated after the image and the
         prompt as it is (no question template; none: the BOS token alone, as Blip2 generate() does)."""
-        from pgsight.worker.kit import generation as g
+        from pgsight.worker.models import generation as g
 
         with self._tok_lock:
             ids = self.tokenizer(prompt)["input_ids"] if prompt else [self.model.config.text_config.bos_token_id]

@@ -16,8 +16,8 @@ import threading
 from typing import Any
 
 import torch
-from pgsight.worker.kit import generation as g
 from pgsight.worker.models import Adapter
+from pgsight.worker.models import generation as g
 from PIL import Image
 
 DEFAULT_MAX_NEW_TOKENS = 32
