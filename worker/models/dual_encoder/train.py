@@ -38,9 +38,9 @@ def _source_of(ctx, ref: str, what: str) -> str:
     """A registered model's directory (a clip or dual_encoder model), else the hub id / directory."""
     info = ctx.model_info(ref)
     if info is not None:
-        if info["kind"] not in KINDS_WITH_TOWERS:
+        if info.kind not in KINDS_WITH_TOWERS:
             raise ValueError(
-                f"option {what}: {ref!r} is a {info['kind']} model; a registered model gives its {what} "
+                f"option {what}: {ref!r} is a {info.kind} model; a registered model gives its {what} "
                 f"encoder only when it is a clip or dual_encoder model (or give a directory or hub id)"
             )
         return ctx.model_dir(ref)
