@@ -33,8 +33,10 @@ faults: venv
 bench: venv
 	$(PY) bench/run_all.py
 
+# ruff, then mypy over pgsight/, db/ and worker/ ([tool.mypy] in pyproject.toml; .ci/typecheck.py)
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(PY) .ci/typecheck.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-out bench/out
+	rm -rf $(VENV) .pytest_cache .mypy_cache build/typecheck demo-out bench/out

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psycopg
 
-from pgsight import datasets
 from pgsight.demos import clip as recipe
+from pgsight.demos import datasets
 from pgsight.testing import TestServer, running_worker
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -1,6 +1,6 @@
 """Retrieval versus generation for image commenting, side by side, on the captioned digits.
 
-Both models trained in the database on the same (image, comment) pairs (pgsight.digit_comments:
+Both models trained in the database on the same (image, comment) pairs (pgsight.demos.digit_comments:
 three comments per training image): a `dual_encoder` (tiny ViT + tiny RoBERTa) and a `captioner`
 (tiny ViT + tiny GPT-2). On the held-out images only: Recall@1/5/10 of the retrieval model
 (ml.evaluate_retrieval, grouped by image), and ml.evaluate_generation's metrics (BLEU-1..4, METEOR,
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import psycopg
 
-from pgsight import datasets
 from pgsight.demos import commenting as recipe
+from pgsight.demos import datasets
 from pgsight.testing import TestServer, running_worker
 
 OUT = Path(__file__).resolve().parent / "out"

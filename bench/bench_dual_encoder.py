@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psycopg
 
-from pgsight import datasets, digit_comments
+from pgsight.demos import datasets, digit_comments
 from pgsight.testing import TestServer, running_worker
 
 OUT = Path(__file__).resolve().parent / "out"

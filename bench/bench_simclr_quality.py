@@ -21,7 +21,7 @@ from common import Timer, bench_database, save  # noqa: E402
 from pgsight.worker.models.simclr import adapter as simclr  # noqa: E402
 from pgsight.worker.models.simclr import train as st  # noqa: E402
 
-from pgsight import datasets  # noqa: E402
+from pgsight.demos import datasets  # noqa: E402
 from pgsight.demos.simclr import ROTATE, SCALE, SHIFT, build, convert, precision_at_10, write_queries  # noqa: E402
 from pgsight.testing import running_worker  # noqa: E402
 

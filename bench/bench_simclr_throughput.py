@@ -27,7 +27,7 @@ from pgsight.worker.models.simclr import fit as simclr_fit  # noqa: E402
 from pgsight.worker.models.simclr import options as simclr_options  # noqa: E402
 from pgsight.worker.models.simclr import train as simclr_train  # noqa: E402
 
-from pgsight import datasets  # noqa: E402
+from pgsight.demos import datasets  # noqa: E402
 from pgsight.testing import running_worker  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Quality of the `vilt` kind: visual question answering on sklearn's digits, trained in the database.
 
 Each digit image gets three questions ("what digit is this?", "is this digit even?", "is this digit
-greater than four?"); the train/validation split is by image (pgsight.datasets.write_digits). A small
+greater than four?"); the train/validation split is by image (pgsight.demos.datasets.write_digits). A small
 ViLT is trained from scratch with ml.build_model on the training images, then ml.evaluate_vqa scores it
 on the validation images. Goal: VQA accuracy >= 0.85 on each question type. Reports the training time.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import torch
 
-from pgsight import datasets
+from pgsight.demos import datasets
 from pgsight.demos.vilt import (
     CONFIG,
     QUESTIONS,

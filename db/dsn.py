@@ -34,7 +34,7 @@ def masked(dsn: str) -> str:
     if not params.get("password"):
         return dsn
     params["password"] = "***"
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _embedded(server: EmbeddedServer, how: str, dbname: str) -> Target:

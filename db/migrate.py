@@ -6,6 +6,7 @@ from pathlib import Path
 import psycopg
 from alembic.config import Config
 from pgsight.db import schema, search
+from pgsight.db.query import one
 from sqlalchemy import create_engine, pool
 
 from alembic import command
@@ -49,7 +50,10 @@ def head() -> str:
     """The newest revision this pgsight ships."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    rev = ScriptDirectory.from_config(_config()).get_current_head()
+    if rev is None:
+        raise RuntimeError("the migrations directory has no revision (a broken install?)")
+    return rev
 
 
 def upgrade(dsn: str, revision: str = HEAD, search_settings: bool = True) -> None:
@@ -71,7 +75,7 @@ def downgrade(dsn: str, revision: str) -> None:
 
 def current(dsn: str) -> str | None:
     with psycopg.connect(dsn) as conn:
-        exists = conn.execute("SELECT to_regclass('public.pgsight_alembic_version') IS NOT NULL").fetchone()[0]
+        exists = one(conn.execute("SELECT to_regclass('public.pgsight_alembic_version') IS NOT NULL"))[0]
         if not exists:
             return None
         row = conn.execute("SELECT version_num FROM public.pgsight_alembic_version").fetchone()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import psycopg
+from pgsight.db.query import one
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -26,13 +27,13 @@ def provision_worker_role(dsn: str, name: str = DEFAULT_WORKER_ROLE, password: s
     if password is None:
         password = os.environ.get(PASSWORD_ENV) or None
     with psycopg.connect(dsn, autocommit=True) as conn:
-        if conn.execute("SELECT to_regrole(%s) IS NULL", (GROUP,)).fetchone()[0]:
+        if one(conn.execute("SELECT to_regrole(%s) IS NULL", (GROUP,)))[0]:
             raise RuntimeError(f"role {GROUP} is missing: run `pgsight migrate` as a role with CREATEROLE first")
         role = sql.Identifier(name)
         attrs = sql.SQL("LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOBYPASSRLS NOREPLICATION INHERIT")
         with conn.transaction():
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
-            if exists and conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (name,)).fetchone()[0]:
+            if exists and one(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (name,)))[0]:
                 raise RuntimeError(f"role {name} is a superuser: choose another name for the worker's role")
             verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
             conn.execute(sql.SQL("{} {} {}").format(verb, role, attrs))
@@ -50,7 +51,7 @@ def provision_worker_role(dsn: str, name: str = DEFAULT_WORKER_ROLE, password: s
 def is_superuser(dsn: str) -> bool:
     """Does `dsn` log in as a superuser?"""
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        return bool(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0])
+        return bool(one(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))[0])
 
 
 def superuser_warning(dsn: str) -> str:

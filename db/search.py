@@ -48,7 +48,7 @@ def install(conn: psycopg.Connection) -> dict[str, str]:
     if have.get("pgsight.search_settings", "").lower() in ("off", "0", "false", "no"):
         return {}
     conn.execute("SELECT '[1]'::vector")  # loads pgvector: its settings are then checked, not placeholders
-    done = {}
+    done: dict[str, str] = {}
     for name, value in SETTINGS.items():
         if name in have:
             continue

@@ -21,17 +21,25 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgsight import udf
 from pgsight.db import migrate, search
+from pgsight.worker.inprocess import running_worker
+
+if TYPE_CHECKING:
+    from testcontainers.postgres import PostgresContainer
+
+    from pgsight.db.embedded import EmbeddedServer
+
+__all__ = ["TestServer", "docker_available", "running_worker"]
 
 PGVECTOR_IMAGE = os.environ.get("PGSIGHT_TEST_IMAGE", "pgvector/pgvector:pg17")
 
@@ -62,8 +70,8 @@ class TestServer:
         self.prefer = prefer or os.environ.get("PGSIGHT_TEST_SERVER")
         self.kind = ""
         self.admin_dsn = ""
-        self._container = None
-        self._embedded = None
+        self._container: PostgresContainer | None = None
+        self._embedded: EmbeddedServer | None = None
         self._tmp: str | None = None
         self._template: str | None = None
         self._lock = threading.Lock()
@@ -148,28 +156,8 @@ class TestServer:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@contextmanager
-def running_worker(dsn: str, image_roots: list[Path] | None = None, **config) -> Iterator:
-    """A worker on a background thread of this process, stopped (gracefully) on exit."""
-    from pgsight.worker.loop import Worker, WorkerConfig
-
-    config.setdefault("poll_interval", 0.2)
-    config.setdefault("heartbeat_interval", 0.5)
-    worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_roots or []), **config))
-    thread = threading.Thread(target=worker.run, name="pgsight-test-worker", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30  # registered (in ml.workers): query-time calls fail at once without one
-    while not worker.id and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield worker
-    finally:
-        worker.stop.set()
-        thread.join(timeout=30)
-
-
 def dbname(dsn: str) -> str:
-    return conninfo_to_dict(dsn).get("dbname", "")
+    return str(conninfo_to_dict(dsn).get("dbname", ""))
 
 
 try:  # pytest fixtures, for `pytest_plugins = ["pgsight.testing"]`

@@ -14,7 +14,7 @@ from pgsight.testing import running_worker
 
 ENV = """
 from alembic import context
-import pgsight.alembic_ops  # noqa: F401
+import pgsight.tools.alembic_ops  # noqa: F401
 
 context.configure(connection=context.config.attributes["connection"])
 with context.begin_transaction():

@@ -13,7 +13,7 @@ import tiny_captioner
 from conftest import kill_worker_after_checkpoint
 from pgsight.worker.kit.captions import caption_metrics, java
 
-from pgsight import datasets
+from pgsight.demos import datasets
 from pgsight.testing import running_worker
 
 NAMES = {0: "zero", 1: "one", 7: "seven"}

@@ -125,7 +125,7 @@ def test_unreachable_hub_is_detected_without_hf_hub_offline(monkeypatch):
 
 
 def test_notebook_messages_have_one_prefix():
-    from pgsight.magic import prefixed
+    from pgsight.notebook.magic import prefixed
 
     assert prefixed("pgsight: model 'x' is not registered") == "pgsight: model 'x' is not registered"
     assert prefixed("model 'x'") == "pgsight: model 'x'"

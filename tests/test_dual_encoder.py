@@ -190,7 +190,7 @@ def test_recall_with_several_texts_per_image():
 
 
 def test_captioned_digits():
-    from pgsight.digit_comments import TEMPLATES, comment_rows, digits_named, names_right_digit
+    from pgsight.demos.digit_comments import TEMPLATES, comment_rows, digits_named, names_right_digit
 
     digits = [{"id": i, "image_path": f"digits/{i}.png", "label": i % 10, "split": "test" if i % 4 == 0 else "train"}
               for i in range(20)]

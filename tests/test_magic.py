@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
-from pgsight.magic import PgsightMagics, ResultTable, parse_line
+from pgsight.notebook.magic import PgsightMagics, ResultTable, parse_line
 
 
 def test_parse_line_takes_leading_options_and_leaves_the_sql_as_written():

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from conftest import wait_for
 
-from pgsight import datasets
+from pgsight.demos import datasets
 from pgsight.testing import running_worker
 
 TINY = {"arch": "tiny", "image_size": 16, "batch_size": 16, "max_epochs": 2}

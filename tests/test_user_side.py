@@ -15,12 +15,12 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from pgsight import sheets, status
-from pgsight.cli import app
-from pgsight.load_images import LoadError, load_csv, load_images
-from pgsight.runner import Runner
+from pgsight.cli import app, status
 from pgsight.testing import running_worker
 from pgsight.thanosql import translate
+from pgsight.thanosql.runner import Runner
+from pgsight.tools import jobs, sheets
+from pgsight.tools.load_images import LoadError, load_csv, load_images
 
 cli = CliRunner(env={"COLUMNS": "160"})
 
@@ -240,12 +240,10 @@ def test_sql_command_dry_run_run_and_errors(dsn, photos, tmp_path):
 
 
 def test_waiting_for_a_job_without_worker_says_so_and_ctrl_c_leaves_it_running(dsn, photos, monkeypatch):
-    from pgsight import runner as runner_mod
-
-    monkeypatch.setattr(runner_mod, "NO_WORKER_AFTER", 0.2)
+    monkeypatch.setattr(jobs, "NO_WORKER_AFTER", 0.2)
     warnings: list[str] = []
 
-    class Impatient(runner_mod.Reporter):
+    class Impatient(jobs.Reporter):
         def warn(self, message: str) -> None:
             warnings.append(message)
 

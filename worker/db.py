@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class WorkerDB:
     def _rows(self, cls: type[T], name: str, *args: Any) -> list[T]:
         """`SELECT <cls's fields> FROM schema.name(args)`, as `cls` instances."""
         query = sql.SQL("SELECT {} FROM {}({})").format(
-            sql.SQL(", ").join(sql.Identifier(f) for f in cls.__dataclass_fields__),  # type: ignore[attr-defined]
+            sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(cls)),  # type: ignore[arg-type]
             _fn(name), sql.SQL(", ").join(sql.Placeholder() for _ in args))
         with self.conn.cursor(row_factory=class_row(cls)) as cur:
             return cur.execute(query, args).fetchall()
@@ -302,8 +302,6 @@ class WorkerDB:
         """The rows of a job's snapshot, fetched `chunk` at a time through a cursor WITH HOLD: on an
         autocommit connection it is materialised when declared, so no transaction (no snapshot, no
         lock) stays open between fetches while the caller runs a model."""
-        from psycopg.rows import dict_row
-
         with self.conn.cursor(name=f"pgsight_job_{job_id}", row_factory=dict_row, withhold=True) as cur:
             cur.itersize = chunk
             cur.execute(sql.SQL("SELECT * FROM {}").format(_snapshot(job_id)))

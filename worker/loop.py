@@ -3,6 +3,10 @@
 NOTIFY is a wake-up hint; polling (every `poll_interval`) is the truth. Claimed rows carry a lease;
 a worker that dies stops heartbeating and its rows go to another worker (ml_internal.reap). First stop
 request: finish the batch in flight and hand back the rest; second: exit at once (the CLI's job).
+
+Three lanes share one worker: rows (this loop), query-time calls (rpc.py's thread) and jobs (lanes.py:
+training, evaluation and deferred index builds on threads of their own, with their own connection, CPU
+threads and CUDA stream), so a long training job never holds back an INSERT's embedding.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from pathlib import Path
 
 import platformdirs
 import psycopg
-from pgsight.worker.db import WorkerDB, connect
+from pgsight.worker.db import Job, WorkerDB, connect
 from pgsight.worker.images import ImageLoader
+from pgsight.worker.lanes import JobLane, start_lanes
 from pgsight.worker.registry import ModelCache
 from pgsight.worker.rows import Batch, RowProcessor
 from pgsight.worker.rpc import RpcServer
@@ -56,6 +61,10 @@ class WorkerConfig:
     loader_processes: int | None = None  # decode in this many processes (None: one per core; 0: in threads)
     rpc: bool = True
     jobs: bool = True          # take training/evaluation jobs
+    max_jobs: int = 1          # jobs run at once, each on a job lane of its own (lanes.py)
+    job_threads: int | None = None  # torch CPU threads of a job lane (None: half the cores, at least 1)
+    # a job lane's niceness on a CPU-only machine (0: same priority as rows; docs/lanes.md)
+    job_nice: int = field(default_factory=lambda: int(os.environ.get("PGSIGHT_JOB_NICE", "10")))
     cache_dir: Path | None = None
 
 
@@ -78,6 +87,7 @@ class Worker:
         self.rows_done = 0
         self.batches_done = 0
         self.errors = 0  # unexpected errors survived (see run)
+        self.lanes: list[JobLane] = []
 
     # -- lifecycle --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -96,6 +106,7 @@ class Worker:
             threads.append(threading.Thread(target=rpc.run, name="pgsight-rpc", daemon=True))
         for t in threads:
             t.start()
+        self.lanes = start_lanes(self)
         log.info("worker %s on %s: device %s, roots %s", self.id, socket.gethostname(), self.device,
                  [str(r) for r in self.loader.roots])
         backoff = 0.5
@@ -131,6 +142,8 @@ class Worker:
                     backoff = min(backoff * 2, 10)
         finally:
             self.stop.set()
+            for lane in self.lanes:  # a job stops at its next progress report; then unregistering hands it back
+                lane.join()
             self._unregister()
             self._close_conns()
             self._feeder.shutdown(wait=False, cancel_futures=True)
@@ -138,6 +151,11 @@ class Worker:
             self.rows.close()
             for t in threads:
                 t.join(timeout=5)
+
+    def _wake(self) -> None:
+        self.wake.set()
+        for lane in self.lanes:
+            lane.wake.set()
 
     def _conn(self, role: str) -> psycopg.Connection:
         conn = self._conns.get(role)
@@ -186,7 +204,7 @@ class Worker:
                             self._register()
                         if time.monotonic() - last_reap > self.config.heartbeat_interval * 2:
                             if db.reap():
-                                self.wake.set()
+                                self._wake()
                             last_reap = time.monotonic()
                         self.stop.wait(self.config.heartbeat_interval)
             except psycopg.OperationalError:
@@ -197,22 +215,17 @@ class Worker:
             try:
                 with WorkerDB.connect(self.config.dsn, "pgsight_worker_listen") as db:
                     db.listen("ml_work")
-                    self.wake.set()  # anything queued while we were away
+                    self._wake()  # anything queued while we were away
                     while not self.stop.is_set():
                         if db.wait_notify(timeout=1.0):
-                            self.wake.set()
+                            self._wake()
             except psycopg.OperationalError:
                 self.stop.wait(1.0)
 
     # -- work -------------------------------------------------------------------------------------
     def _work_once(self) -> bool:
-        if self._drain_rows():
-            return True
-        if self._build_indexes():
-            return True
-        if self.config.jobs:
-            return self._run_one_job()
-        return False
+        """The row lane: jobs and index builds are the job lanes' (lanes.py)."""
+        return self._drain_rows()
 
     def _claim(self, n: int) -> Batch | None:
         """Feeder threads: claim a batch and load its images (each feeder has its own connection)."""
@@ -248,9 +261,8 @@ class Worker:
                 self.rows_done += pending_write.result()
         return any_work
 
-    def _build_indexes(self) -> bool:
-        """HNSW indexes deferred until a large backfill's last row (see ml_private._install_task)."""
-        db = self._db("job")
+    def _build_indexes(self, db: WorkerDB) -> bool:
+        """HNSW indexes deferred until a large backfill's last row (see ml_private._install_task); a job lane's."""
         built = False
         while not self.stop.is_set():
             task = db.build_pending_index(self.id)
@@ -262,12 +274,6 @@ class Worker:
             db.finish_jobs()
         return built
 
-    def _run_one_job(self) -> bool:
-        from pgsight.worker.training import run_job
-
-        db = self._db("job")
-        job = db.claim_job(self.id)
-        if job is None:
-            return False
-        run_job(self, db.conn, job)
-        return True
+    def _claim_job(self, db: WorkerDB) -> Job | None:
+        """A training/evaluation job for a job lane to run (lanes.py), or None."""
+        return db.claim_job(self.id)

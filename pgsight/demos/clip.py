@@ -14,8 +14,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgsight import sheets
-from pgsight.datasets import DIGIT_NAMES
+from pgsight.db.query import one
+from pgsight.demos.datasets import DIGIT_NAMES
+from pgsight.tools import sheets
+from pgsight.tools.jobs import run_job
 
 MODEL = "digits_clip"
 
@@ -74,26 +76,16 @@ def train(
     """ml.build_model on the train split; the job's result with its wall time (queue to done)."""
     query = sql.SQL("SELECT image_path, caption FROM {} WHERE split = 'train'").format(sql.Identifier(table))
     t0 = time.perf_counter()
-    job = conn.execute(
-        "SELECT ml.build_model(%s, 'clip', %s, %s)",
-        (model, query.as_string(conn), json.dumps(options or OPTIONS)),
-    ).fetchone()[0]
-    status = conn.execute("SELECT ml.wait(%s, '1 hour')", (job,)).fetchone()[0]
-    seconds = time.perf_counter() - t0
-    result, error = conn.execute("SELECT result, error FROM ml.jobs WHERE id = %s", (job,)).fetchone()
-    if status != "done":
-        raise RuntimeError(f"training job {job} {status}: {error}")
-    return {**result, "wall_seconds": round(seconds, 2)}
+    job = run_job(conn, "ml.build_model(%s, 'clip', %s, %s)",
+                  (model, query.as_string(conn), json.dumps(options or OPTIONS)), label=f"training {model}",
+                  timeout=3600)
+    return {**(job.result or {}), "wall_seconds": round(time.perf_counter() - t0, 2)}
 
 
 def embed(conn: psycopg.Connection, table: str, column: str, model: str = MODEL) -> None:
     """The image column embedded by the model (a backfill job, waited for)."""
-    job = conn.execute(
-        "SELECT ml.create_embedding(%s, %s, 'image_path', %s)", (table, model, column)
-    ).fetchone()[0]
-    status = conn.execute("SELECT ml.wait(%s, '1 hour')", (job,)).fetchone()[0]
-    if status != "done":
-        raise RuntimeError(f"backfill job {job} {status}")
+    run_job(conn, "ml.create_embedding(%s, %s, 'image_path', %s)", (table, model, column),
+            label=f"backfill {table}.{column}", timeout=3600)
 
 
 def name_search(
@@ -130,9 +122,9 @@ def zero_shot(conn: psycopg.Connection, table: str, model: str = MODEL, n: int =
     options = json.dumps({"template": "a handwritten {}"})
     right = 0
     for path, label in rows:
-        top = conn.execute(
+        top = one(conn.execute(
             "SELECT label FROM ml.classify(%s, %s, %s, %s) LIMIT 1", (model, path, DIGIT_NAMES, options)
-        ).fetchone()[0]
+        ))[0]
         right += top == DIGIT_NAMES[label]
     return {"images": len(rows), "accuracy": round(right / max(1, len(rows)), 3)}
 

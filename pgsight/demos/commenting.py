@@ -1,4 +1,4 @@
-"""Demo section: image commenting two ways on the captioned digits (pgsight.digit_comments), trained
+"""Demo section: image commenting two ways on the captioned digits (pgsight.demos.digit_comments), trained
 in the database on the same (image, comment) pairs, scored on held-out images only:
 
 - retrieval: a `dual_encoder` (tiny ViT + tiny RoBERTa, trained end to end; initializer_range 0.1:
@@ -20,7 +20,8 @@ from typing import Any
 
 import psycopg
 
-from pgsight.digit_comments import comment_rows, load_comments, names_right_digit
+from pgsight.demos.digit_comments import comment_rows, load_comments, names_right_digit
+from pgsight.tools.jobs import run_job
 
 RETRIEVAL = "digits_commenter"
 CAPTIONER = "digits_captioner"
@@ -57,13 +58,11 @@ def setup(conn: psycopg.Connection, digits: list[dict], per_image: int = 3) -> l
 
 
 def build(conn: psycopg.Connection, name: str, kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """ml.build_model on the training pairs; the job's result with its wall time (queue to done)."""
     t0 = time.perf_counter()
-    job = conn.execute("SELECT ml.build_model(%s, %s, %s, %s)", (name, kind, TRAIN, json.dumps(options))).fetchone()[0]
-    status = conn.execute("SELECT ml.wait(%s, '2 hours')", (job,)).fetchone()[0]
-    result, error = conn.execute("SELECT result, error FROM ml.jobs WHERE id = %s", (job,)).fetchone()
-    if status != "done":
-        raise RuntimeError(f"training {name} ({kind}): job {job} {status}: {error}")
-    return {**result, "wall_seconds": round(time.perf_counter() - t0, 1)}
+    job = run_job(conn, "ml.build_model(%s, %s, %s, %s)", (name, kind, TRAIN, json.dumps(options)),
+                  label=f"training {name} ({kind})", timeout=7200)
+    return {**(job.result or {}), "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def recall(conn: psycopg.Connection, group: str = "image_id") -> dict[str, float]:
@@ -151,7 +150,7 @@ def table_lines(result: dict[str, Any]) -> list[str]:
 
 
 def run(dsn: str, out, console, worker) -> dict[str, dict]:
-    from pgsight import datasets
+    from pgsight.demos import datasets
 
     digits = datasets.write_digits(out)  # the files are there already (the demo wrote them)
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -18,7 +18,10 @@ import psycopg
 from PIL import Image
 from psycopg import sql
 
-from pgsight import datasets, sheets
+from pgsight.db.query import one
+from pgsight.demos import datasets
+from pgsight.tools import sheets
+from pgsight.tools.jobs import run_job
 
 MODEL = "digits_simclr"
 #: the schedule of the quality benchmark: about 75 s of training on 2 CPU cores (the section: ~2 min)
@@ -54,20 +57,15 @@ def write_queries(root: Path, rows: list[dict], folder: str = "digits_queries", 
 def build(conn: psycopg.Connection, query: str, options: dict[str, Any], model: str = MODEL) -> dict[str, Any]:
     """BUILD MODEL: ml.build_model, waited for; the job's result plus its wall time."""
     t0 = time.perf_counter()
-    job = conn.execute("SELECT ml.build_model(%s, 'simclr', %s, %s)", (model, query, json.dumps(options))).fetchone()[0]
-    status = conn.execute("SELECT ml.wait(%s, '2 hours')", (job,)).fetchone()[0]
-    result, error = conn.execute("SELECT result, error FROM ml.jobs WHERE id = %s", (job,)).fetchone()
-    if status != "done":
-        raise RuntimeError(f"training job {job} {status}: {error}")
-    return {**result, "wall_seconds": round(time.perf_counter() - t0, 2)}
+    job = run_job(conn, "ml.build_model(%s, 'simclr', %s, %s)", (model, query, json.dumps(options)),
+                  label=f"training {model}", timeout=2 * 3600)
+    return {**(job.result or {}), "wall_seconds": round(time.perf_counter() - t0, 2)}
 
 
 def convert(conn: psycopg.Connection, table: str, model: str, column: str) -> None:
     """CONVERT: the image column embedded into `column` (a backfill job, waited for)."""
-    job = conn.execute("SELECT ml.create_embedding(%s, %s, 'image_path', %s)", (table, model, column)).fetchone()[0]
-    status = conn.execute("SELECT ml.wait(%s, '1 hour')", (job,)).fetchone()[0]
-    if status != "done":
-        raise RuntimeError(f"backfill job {job} {status}")
+    run_job(conn, "ml.create_embedding(%s, %s, 'image_path', %s)", (table, model, column),
+            label=f"backfill {table}.{column}", timeout=3600)
 
 
 def precision_at_10(conn: psycopg.Connection, table: str, column: str, model: str,
@@ -89,7 +87,7 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         datasets.load_table(conn, "digits_train", [r for r in rows if r["split"] == "train"])
         datasets.load_table(conn, "digits_test", test)
-        if not conn.execute("SELECT count(*) FROM ml.models WHERE name = 'pixels'").fetchone()[0]:
+        if not one(conn.execute("SELECT count(*) FROM ml.models WHERE name = 'pixels'"))[0]:
             conn.execute("SELECT ml.load_model('pixels', 'pixels', NULL, '{\"size\": 16}')")
         console.print(f"SELECT ml.build_model('{MODEL}', 'simclr', 'SELECT * FROM digits_train', "
                       f"'{json.dumps(OPTIONS)}');")

@@ -15,7 +15,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgsight import datasets, sheets
+from pgsight.db.query import one
+from pgsight.demos import datasets
+from pgsight.tools import sheets
+from pgsight.tools.jobs import run_job
 
 QUESTIONS = {
     "what digit is this?": lambda d: str(d),
@@ -57,20 +60,17 @@ def load_vqa_table(conn: psycopg.Connection, table: str, rows: list[tuple]) -> N
 
 
 def train_and_evaluate(conn: psycopg.Connection, model: str, table: str, options: dict[str, Any],
-                       timeout: str = "1 hour") -> dict[str, Any]:
+                       timeout: float = 3600) -> dict[str, Any]:
     """ml.build_model on the training split, ml.evaluate_vqa on the test split; accuracies per question."""
     tbl = sql.Identifier(table).as_string(conn)
     train_q = f"SELECT image_path, question, answers FROM {tbl} WHERE split = 'train'"
     test_q = f"SELECT image_path, question, answers FROM {tbl} WHERE split = 'test'"
     opts = {**options, "overwrite": True}
     t0 = time.perf_counter()
-    job = conn.execute(sql.SQL("SELECT ml.build_model({}, 'vilt', {}, {})").format(
-        sql.Literal(model), sql.Literal(train_q), sql.Literal(json.dumps(opts)))).fetchone()[0]
-    status = conn.execute(sql.SQL("SELECT ml.wait({}, {})").format(sql.Literal(job), sql.Literal(timeout))).fetchone()[0]
+    job = run_job(conn, "ml.build_model(%s, 'vilt', %s, %s)", (model, train_q, json.dumps(opts)),
+                  label=f"training {model}", timeout=timeout)
     train_s = time.perf_counter() - t0
-    result, error = conn.execute("SELECT result, error FROM ml.jobs WHERE id = %s", (job,)).fetchone()
-    if status != "done":
-        raise RuntimeError(f"training job {job} {status}: {error}")
+    result = job.result or {}
     t0 = time.perf_counter()
     rows = conn.execute(sql.SQL("SELECT * FROM ml.evaluate_vqa({}, {})").format(
         sql.Literal(model), sql.Literal(test_q))).fetchall()
@@ -94,7 +94,7 @@ def run(dsn: str, out: Path, console, worker) -> dict[str, dict]:
         test = conn.execute("SELECT image_path, question, answers FROM digit_vqa WHERE split = 'test' "
                             "ORDER BY id LIMIT 3").fetchall()
         for path, question, truth in test:
-            answer = conn.execute("SELECT ml.answer('digits_vilt', %s, %s)", (path, question)).fetchone()[0]
+            answer = one(conn.execute("SELECT ml.answer('digits_vilt', %s, %s)", (path, question)))[0]
             console.print(f"SELECT ml.answer('digits_vilt', '{path}', '{question}');  → {answer!r} (truth {truth!r})")
         sheet = sheets.save_query_sheet(
             conn, "SELECT image_path, question, ml.answer('digits_vilt', image_path, question) AS answer, answers AS truth "

@@ -8,7 +8,7 @@ import pytest
 from conftest import wait_for
 
 from faults.isolation import Env, wrong_rows
-from pgsight.status import hints, snapshot
+from pgsight.cli.status import hints, snapshot
 
 
 @pytest.fixture

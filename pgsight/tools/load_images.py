@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from pgsight.db.query import one
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 #: progress(phase, done, total or None); phases: 'scan', 'copy', 'insert'
 Progress = Callable[[str, int, "int | None"], None]
@@ -60,7 +62,7 @@ def scan(root: Path, recursive: bool = False, label_from_folder: bool = False) -
 
 
 def _table_columns(conn: psycopg.Connection, table: str) -> list[str] | None:
-    row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+    row = one(conn.execute("SELECT to_regclass(%s)::oid", (table,)))
     if row[0] is None:
         return None
     return [r[0] for r in conn.execute(

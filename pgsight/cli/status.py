@@ -18,6 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from pgsight.db.query import one
+
 
 @dataclass
 class Snapshot:
@@ -42,7 +44,7 @@ class Snapshot:
 def snapshot(conn: psycopg.Connection, recent: str = "10 minutes") -> Snapshot:
     with conn.cursor(row_factory=dict_row) as cur:
         try:
-            at = cur.execute("SELECT now() AS at").fetchone()["at"]
+            at = one(cur.execute("SELECT now() AS at"))["at"]
             jobs = cur.execute("SELECT * FROM ml.status_jobs(%s::interval)", (recent,)).fetchall()
         except psycopg.errors.UndefinedFunction:
             raise RuntimeError("this database has no ml.status_* functions: run `pgsight migrate` "

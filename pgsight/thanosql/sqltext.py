@@ -65,19 +65,19 @@ def is_word(text: str) -> bool:
     return text.replace("_", "a").isalnum() and not text[:1].isdigit() and text.isascii()
 
 
-def from_clause(select: exp.Expression) -> exp.Expression | None:
+def from_clause(select: exp.Expr) -> exp.Expr | None:
     f = select.args.get("from_") or select.args.get("from")
     return f.this if f is not None else None
 
 
-def is_simple(tree: exp.Expression) -> bool:
+def is_simple(tree: exp.Expr) -> bool:
     """A plain SELECT ... FROM ... [WHERE] that may get columns, ORDER BY and LIMIT added in place."""
     return isinstance(tree, exp.Select) and from_clause(tree) is not None and not any(
         tree.args.get(k) for k in ("with_", "order", "limit", "offset", "distinct", "group", "having", "locks",
                                    "windows", "qualify", "fetch"))
 
 
-def has_star(tree: exp.Expression) -> bool:
+def has_star(tree: exp.Expr) -> bool:
     return any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star))
                for e in tree.expressions)
 

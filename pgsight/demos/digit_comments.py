@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pgsight.datasets import DIGIT_NAMES
+from pgsight.demos.datasets import DIGIT_NAMES
 
 #: comment templates: {name} is the digit's word ("seven"), {digit} its numeral ("7")
 TEMPLATES = [

@@ -13,7 +13,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from pgsight.clikit import err_console, out_console, state
+from pgsight.cli.common import err_console, out_console, state
 
 VECTOR_TYPES = ("vector", "halfvec", "sparsevec")
 

@@ -13,11 +13,19 @@ import functools
 import inspect
 import json
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from pgsight.db.dsn import Target
+    from pgsight.db.embedded import EmbeddedServer
 
 
 class State:
@@ -86,14 +94,14 @@ _JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=
                           default=typer.Option(False, "--json", help="the result as JSON on stdout"))
 
 
-def command(fn):
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command the shared `--quiet`/`--json` options and turn expected failures into one line."""
     sig = inspect.signature(fn)
     has_json = "as_json" in sig.parameters
     extra = [_QUIET] + ([] if has_json else [_JSON])
 
     @functools.wraps(fn)
-    def wrapper(*args, quiet: bool = False, as_json: bool = False, **kw):
+    def wrapper(*args: Any, quiet: bool = False, as_json: bool = False, **kw: Any) -> Any:
         import psycopg
 
         from pgsight.db.dsn import TargetError
@@ -109,12 +117,12 @@ def command(fn):
             fail(db_message(e))
 
     params = [p for p in sig.parameters.values()] + [p for p in extra if p.name not in sig.parameters]
-    wrapper.__signature__ = sig.replace(parameters=params)
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]  # read by inspect/typer
     wrapper.__annotations__ = {**fn.__annotations__, "quiet": bool, "as_json": bool}
     return wrapper
 
 
-def target(dsn: str | None, data_dir, start: bool = False, dbname: str = "postgres"):
+def target(dsn: str | None, data_dir: Path | None, start: bool = False, dbname: str = "postgres") -> Target:
     """Pick the database (pgsight.db.dsn.find) and name it on stderr."""
     from pgsight.db.dsn import find
 
@@ -123,7 +131,7 @@ def target(dsn: str | None, data_dir, start: bool = False, dbname: str = "postgr
     return t
 
 
-def connect(dsn: str | None, data_dir=None):
+def connect(dsn: str | None, data_dir: Path | None = None) -> psycopg.Connection:
     """An autocommit connection to the chosen database, named on stderr."""
     import psycopg
 
@@ -132,3 +140,26 @@ def connect(dsn: str | None, data_dir=None):
         return psycopg.connect(t.dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as e:
         fail(connect_message(t.dsn, e))
+
+
+def embedded_server(data_dir: Path | None) -> EmbeddedServer:
+    from pgsight.db.embedded import EmbeddedServer
+
+    return EmbeddedServer(data_dir) if data_dir else EmbeddedServer()
+
+
+def start_server(server: EmbeddedServer) -> str:
+    """Start the embedded server (a clean line when it cannot) and remember it for `pgsight server list`."""
+    from pgsight.db.embedded import remember
+
+    try:
+        if not state.quiet and not state.json and sys.stderr.isatty():
+            with err_console().status("starting PostgreSQL..."):
+                dsn = server.start()
+        else:
+            dsn = server.start()
+    except (RuntimeError, OSError) as e:
+        fail(f"the embedded server in {server.data_dir} did not start: {str(e).strip().splitlines()[0]}; "
+             f"its log: {server.log_file}")
+    remember(server)
+    return dsn

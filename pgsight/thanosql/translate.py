@@ -4,7 +4,7 @@ A statement is tokenized with sqlglot's PostgreSQL tokenizer; its head (`BUILD M
 OPTIONS (...) AS`) is read by the small recursive-descent parser below, and the query after AS is
 handed to sqlglot's parser, which checks it and says which table it reads. Anything that is not a
 ThanoSQL statement passes through as plain SQL. The result is a `Translation`: steps that
-`pgsight.runner` executes (with progress), and `script()`, the same as SQL to paste into psql.
+`pgsight.thanosql.runner` executes (with progress), and `script()`, the same as SQL to paste into psql.
 
     GET THANOSQL MODEL vilt AS tutorial_vilt          -> ml.load_model
     BUILD MODEL m USING SimCLR OPTIONS (...) AS SELECT  -> ml.build_model + ml.wait (psql script: CALL ml.build_model_and_wait)
@@ -24,7 +24,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 from sqlglot.tokens import Token, TokenType
 
-from pgsight.sqltext import (
+from pgsight.thanosql.sqltext import (
     ThanoSQLError,
     add_columns,
     from_clause,
@@ -85,7 +85,7 @@ class Translation:
 
     def script(self) -> str:
         """The translation as SQL for psql (client-side steps as comments)."""
-        out = []
+        out: list[str] = []
         for s in self.steps:
             if s.comment:
                 out.extend("-- " + line for line in s.comment.splitlines())
@@ -210,7 +210,8 @@ class _Parser:
         kind, text = tok.token_type, tok.text
         if kind in (TokenType.STRING, TokenType.IDENTIFIER):
             return text
-        if kind == TokenType.DASH and self.peek() is not None and self.peek().token_type == TokenType.NUMBER:
+        after = self.peek()
+        if kind == TokenType.DASH and after is not None and after.token_type == TokenType.NUMBER:
             return -self.value()
         if kind == TokenType.NUMBER:
             return float(text) if any(c in text for c in ".eE") else int(text)
@@ -226,10 +227,11 @@ class _Parser:
         return ThanoSQLError(f"{self.head} OPTIONS: {message}", "write it as " + SYNTAX.get(self.head, ""))
 
     def end(self) -> None:
-        if self.peek() is not None:
-            raise self.error(f"unexpected {self.peek().text!r} after the end of the statement")
+        tok = self.peek()
+        if tok is not None:
+            raise self.error(f"unexpected {tok.text!r} after the end of the statement")
 
-    def query(self) -> tuple[str, exp.Expression]:
+    def query(self) -> tuple[str, exp.Query]:
         """AS <query>: the query's text as written, and sqlglot's tree of it."""
         self.expect("AS")
         tok = self.peek()
@@ -254,7 +256,7 @@ class _Parser:
         return text, trees[0]
 
 
-def _one_table(p: _Parser, tree: exp.Expression, why: str) -> str:
+def _one_table(p: _Parser, tree: exp.Expr, why: str) -> str:
     """The table a simple `SELECT ... FROM t [WHERE ...]` reads (quoted, schema-qualified as written)."""
     src = from_clause(tree) if isinstance(tree, exp.Select) else None
     if src is None or not isinstance(src, exp.Table) or tree.args.get("joins") or tree.args.get("with_"):
@@ -414,8 +416,9 @@ def _print(p: _Parser) -> Translation:
 
 def _copy(p: _Parser) -> Translation:
     tok = p.peek()
+    quoted = tok is not None and tok.token_type == TokenType.IDENTIFIER
     table_tok = p.name("a table name")
-    table = table_tok if tok.token_type == TokenType.IDENTIFIER else table_tok.lower()
+    table = table_tok if quoted else table_tok.lower()
     opts = p.options({"overwrite": False, "recursive": False, "label_from_folder": False})
     p.expect("FROM")
     path_tok = p.peek()

@@ -1,7 +1,8 @@
 """`pgsight demo` / `make demo`: the whole path on real data, on the embedded server.
 
 digits → PNG files → a table → ml.create_embedding (trigger, queue, worker) → search in SQL →
-precision@10 against the labels. Model kinds add their own sections (pgsight/demos/<kind>.py).
+precision@10 against the labels. Model kinds add their own sections (pgsight/demos/<kind>.py); the
+digits come from pgsight/demos/datasets.py.
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from pgsight import datasets, sheets
 from pgsight.db import migrate
 from pgsight.db.embedded import EmbeddedServer
-from pgsight.testing import running_worker
+from pgsight.demos import datasets
+from pgsight.tools import sheets
+from pgsight.tools.jobs import run_job
+from pgsight.worker.inprocess import running_worker
 
 # a DSN is never split across lines, and a table is never squeezed to 80 columns in a log
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -71,10 +74,10 @@ def run_demo(out: Path, data_dir: Path | None = None) -> int:
         datasets.load_table(conn, "digits", rows)
         conn.execute("SELECT ml.load_model('pixels', 'pixels', NULL, '{\"size\": 16, \"overwrite\": true}')")
         t0 = time.perf_counter()
-        job = conn.execute("SELECT ml.create_embedding('digits', 'pixels', 'image_path', 'pixels_emb')").fetchone()[0]
-        status = conn.execute("SELECT ml.wait(%s)", (job,)).fetchone()[0]
+        job = run_job(conn, "ml.create_embedding('digits', 'pixels', 'image_path', 'pixels_emb')",
+                      label="backfill digits.pixels_emb", timeout=600)
         took = time.perf_counter() - t0
-        console.print(f"backfill job {job}: {status}, {len(rows)} rows in {took:.2f}s ({len(rows) / took:.0f} rows/s)")
+        console.print(f"backfill job {job.id}: {job.status}, {len(rows)} rows in {took:.2f}s ({len(rows) / took:.0f} rows/s)")
         p10 = precision_at_k(conn, "digits", "pixels_emb", "pixels")
         summary["pixels"] = {"precision@10": round(p10, 3), "backfill_s": round(took, 2)}
         example = conn.execute(

@@ -1,95 +1,18 @@
-"""The user's commands: `pgsight status`, `show`, `load-images` and `sql` (registered on the CLI app by
-`register`, called from pgsight/cli.py)."""
+"""The user's commands: `pgsight status`, `show`, `load-images` and `sql`."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import psycopg
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
-from pgsight import clikit
-from pgsight.clikit import command, emit, fail, info, state
-from pgsight.runner import JobFailed, Reporter
-
-DsnOpt = typer.Option(None, "--dsn", help="libpq DSN; default: --data-dir, else $PGSIGHT_DSN, else the running "
-                                           "embedded server")
-DataDirOpt = typer.Option(None, "--data-dir", help="use the embedded server in this data directory")
-RootOpt = typer.Option([], "--image-root", help="directory relative image paths are read from (repeat; default: "
-                                                "the roots the live workers report, else .)")
-
-
-class CliReporter(Reporter):
-    """Progress bars on stderr (rich)."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress: Progress | None = None
-        self.task = None
-
-    def _bar(self, label: str, unit: str) -> None:
-        self.close()
-        self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn(unit), TextColumn("{task.fields[rate]}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
-        self.progress.start()
-        self.task = self.progress.add_task(label, total=None, rate="")
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def info(self, message: str) -> None:
-        self.console.print(Text(message), soft_wrap=True)
-
-    def warn(self, message: str) -> None:
-        self.console.print(Text(message, style="yellow"), soft_wrap=True)
-
-    def job_started(self, job_id: int, label: str) -> None:
-        self._bar(f"job {job_id} {label}", "")
-
-    def job_progress(self, job_id: int, status: str, done: int, total: int | None, info: dict[str, Any]) -> None:
-        if self.progress is not None:
-            extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
-            self.progress.update(self.task, completed=done, total=total, rate=f"{status} {extra}".strip())
-
-    def job_ended(self, job_id: int, status: str) -> None:
-        self.close()
-
-    def load_progress(self, phase: str, done: int, total: int | None) -> None:
-        if self.progress is None or self.progress.tasks[0].description != phase:
-            self._bar(phase, "files" if phase != "copy" else "")
-        self.progress.update(self.task, completed=done, total=total)
-        if phase == "insert":
-            self.close()
-
-
-class QuietReporter(Reporter):
-    """--quiet / --json: no progress (the base Reporter prints nothing); warnings still on stderr."""
-
-    def warn(self, message: str) -> None:
-        clikit.warn(message)
-
-    def close(self) -> None:
-        pass
-
-
-def _reporter() -> CliReporter | QuietReporter:
-    """Progress bars on stderr; none with --quiet or --json."""
-    return QuietReporter() if (state.quiet or state.json) else CliReporter(clikit.err_console())
+from pgsight.cli import common
+from pgsight.cli.app import DataDirOpt, DsnOpt, RootOpt, app
+from pgsight.cli.common import command, emit, fail, info, state
+from pgsight.cli.progress import reporter as make_reporter
+from pgsight.tools.jobs import JobFailed
 
 
 def worker_roots(conn: psycopg.Connection) -> list[Path]:
@@ -106,22 +29,24 @@ def worker_roots(conn: psycopg.Connection) -> list[Path]:
     return roots
 
 
+@app.command()
+@command
 def status(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
            watch: bool = typer.Option(False, "--watch", "-w", help="redraw until Ctrl-C"),
            interval: float = typer.Option(1.0, "--interval", min=0.1, help="seconds between redraws"),
            recent: str = typer.Option("10 minutes", "--recent", help="also show jobs that ended this recently"),
            as_json: bool = typer.Option(False, "--json", help="print the snapshot as JSON")) -> None:
     """Jobs with progress (done/total, rows/s, ETA), workers alive, backlog per column, errors."""
-    from pgsight import status as st
+    from pgsight.cli import status as st
 
     if watch:
-        t = clikit.target(dsn, data_dir)
+        t = common.target(dsn, data_dir)
         try:
-            st.watch(t.dsn, clikit.out_console(), interval, recent)
+            st.watch(t.dsn, common.out_console(), interval, recent)
         except RuntimeError as e:
             fail(str(e))
         return
-    with clikit.connect(dsn, data_dir) as conn:
+    with common.connect(dsn, data_dir) as conn:
         try:
             snap = st.snapshot(conn, recent)
         except RuntimeError as e:
@@ -129,9 +54,11 @@ def status(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
     if as_json:
         emit(snap.as_json())
     else:
-        clikit.out_console().print(st.render(snap, with_hints=not state.quiet))
+        common.out_console().print(st.render(snap, with_hints=not state.quiet))
 
 
+@app.command()
+@command
 def show(query: str = typer.Argument(..., help="a SELECT whose rows hold images (paths, URLs or bytea)"),
          output: Path = typer.Option(Path("sheet.png"), "-o", "--output", help="where the PNG is written"),
          dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt, image_root: list[Path] = RootOpt,
@@ -141,9 +68,9 @@ def show(query: str = typer.Argument(..., help="a SELECT whose rows hold images 
          allow_urls: bool = typer.Option(False, "--allow-urls", help="fetch http(s) image URLs")) -> None:
     """Draw a query's images as a contact sheet with the other columns as captions (PRINT IMAGE).
     Exits 1 when no image could be read."""
-    from pgsight import sheets
+    from pgsight.tools import sheets
 
-    with clikit.connect(dsn, data_dir) as conn:
+    with common.connect(dsn, data_dir) as conn:
         roots = list(image_root)
         if not roots:
             roots = worker_roots(conn)
@@ -168,10 +95,12 @@ def show(query: str = typer.Argument(..., help="a SELECT whose rows hold images 
     else:
         info(f"wrote {output} ({len(got.rows)} image(s) from column {got.image_col}, {image.width}x{image.height})")
         if failures:
-            clikit.warn(f"{len(failures)} of {len(got.rows)} image(s) could not be read (first: {failures[0]}); "
+            common.warn(f"{len(failures)} of {len(got.rows)} image(s) could not be read (first: {failures[0]}); "
                         "they are grey cells")
 
 
+@app.command("load-images")
+@command
 def load_images_cmd(directory: Path = typer.Argument(..., help="a folder of images (or a .csv file)"),
                     table: str = typer.Option(..., "--table", "-t", help="table to create or append to"),
                     recursive: bool = typer.Option(False, "--recursive", "-r", help="read subfolders too"),
@@ -182,10 +111,10 @@ def load_images_cmd(directory: Path = typer.Argument(..., help="a folder of imag
                     overwrite: bool = typer.Option(False, "--overwrite", help="drop the table first"),
                     dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
     """Load a folder of images into a table (id, image_path[, label]) with COPY (ThanoSQL's COPY)."""
-    from pgsight.load_images import LoadError, load_csv, load_images
+    from pgsight.tools.load_images import LoadError, load_csv, load_images
 
-    reporter = _reporter()
-    with clikit.connect(dsn, data_dir) as conn:
+    reporter = make_reporter()
+    with common.connect(dsn, data_dir) as conn:
         try:
             if directory.is_file() and directory.suffix.lower() == ".csv":
                 res = load_csv(conn, directory, table, overwrite=overwrite, progress=reporter.load_progress)
@@ -198,7 +127,7 @@ def load_images_cmd(directory: Path = typer.Argument(..., help="a folder of imag
             fail(str(e))
         except psycopg.Error as e:
             reporter.close()
-            fail(clikit.db_message(e))
+            fail(common.db_message(e))
     reporter.close()
     if state.json:
         emit({"table": res.table, "added": res.added, "skipped": res.skipped})
@@ -208,6 +137,8 @@ def load_images_cmd(directory: Path = typer.Argument(..., help="a folder of imag
         info(f"image_path holds absolute paths: run the worker with --image-root {directory.resolve()}")
 
 
+@app.command()
+@command
 def sql(text: str = typer.Argument(..., help="SQL and/or ThanoSQL statements ('-' reads stdin)"),
         dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
         dry_run: bool = typer.Option(False, "--dry-run", help="print the translation, run nothing"),
@@ -218,8 +149,9 @@ def sql(text: str = typer.Argument(..., help="SQL and/or ThanoSQL statements ('-
         vectors: bool = typer.Option(False, "--vectors", help="print vector values (default: <vector N>)")) -> None:
     """Run SQL or ThanoSQL (GET THANOSQL MODEL, BUILD MODEL, CONVERT, SEARCH IMAGE, PREDICT, PRINT IMAGE,
     COPY); with --dry-run, print the ml.* SQL it translates to. --json / --csv: rows for scripts."""
-    from pgsight import tables, thanosql
-    from pgsight.runner import Runner
+    from pgsight import thanosql
+    from pgsight.cli import tables
+    from pgsight.thanosql.runner import Runner
 
     fmt = "json" if state.json else "csv" if csv_out else "table"
     if text == "-":
@@ -231,9 +163,9 @@ def sql(text: str = typer.Argument(..., help="SQL and/or ThanoSQL statements ('-
     if dry_run:
         print("\n\n".join(t.script() for t in translations))
         return
-    reporter = _reporter()
+    reporter = make_reporter()
     sheets_written = 0
-    with clikit.connect(dsn, data_dir) as conn:
+    with common.connect(dsn, data_dir) as conn:
         try:
             from pgvector.psycopg import register_vector
 
@@ -253,22 +185,14 @@ def sql(text: str = typer.Argument(..., help="SQL and/or ThanoSQL statements ('-
                 raise typer.Exit(130) from None
             except psycopg.Error as e:
                 reporter.close()
-                fail(clikit.db_message(e))
+                fail(common.db_message(e))
             for r in results:
                 if r.kind == "rows":
                     tables.print_rows(r.columns, r.rows, max_rows, fmt, vectors)
-                elif r.kind == "sheet":
+                elif r.kind == "sheet" and r.image is not None:
                     sheets_written += 1
                     path = output if sheets_written == 1 else output.with_stem(f"{output.stem}-{sheets_written}")
                     r.image.save(path)
                     info(f"wrote {path}: {r.message}")
                 else:
                     info(r.message)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the user's commands to the CLI app."""
-    app.command()(command(status))
-    app.command()(command(show))
-    app.command("load-images")(command(load_images_cmd))
-    app.command()(command(sql))

@@ -1,0 +1,213 @@
+"""Lanes: a worker's background work (training and evaluation jobs, deferred HNSW index builds) runs on
+a thread of its own, beside the row lane (the worker's main loop) and the query-time lane (rpc.py), so a
+long training job never holds back an INSERT's embedding or an `ml.embed_text` by more than a batch.
+
+Each lane has its own database connection(s) and its own share of the device:
+
+- **CPU threads.** torch's intra-op thread count is per OS thread once that thread has run its first
+  op, but `torch.set_num_threads` also changes the process-wide default that threads copy at their
+  first op. A job lane sets its own count before its first job and puts the default back
+  (`use_own_threads`; again after every job, in case a model's code set it), so the row and
+  query-time lanes keep torch's default (one per core) while a job lane uses half the cores (at least
+  one: one on a 2-core machine): together they never ask for more than about 1.5x the cores.
+- **CPU priority.** On a CPU-only machine a job lane thread runs at nice +10 from its first job on (Linux: niceness is per
+  thread, and the threads it starts - torch's OpenMP team, a data loader - inherit it): when the row
+  lane and a job both want the cores, the row lane gets most of them; an idle row lane leaves them to
+  the job. The job's Python steps also share the GIL with the other lanes, which torch releases
+  during its ops.
+- **GPU.** The lanes share the device and its default CUDA stream: a row batch's kernels queue behind
+  the training kernels already issued (about one training step), not behind the job. Not a stream per
+  lane: models are cached once per process and shared by the lanes, and a tensor written on one
+  stream and read on another needs a synchronisation at every hand-over. Memory is shared too (one
+  process, one allocator): a job that needs most of the GPU belongs on a worker of its own (run the
+  others with `--no-jobs`).
+
+A lane claims at most one job at a time; `WorkerConfig.max_jobs` lanes run that many jobs at once.
+Stopping (the first SIGTERM) ends a job at its next progress report; the worker waits for its lanes
+before it unregisters, which hands the job back to the queue (its checkpoint kept for the next worker).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import psycopg
+from pgsight.worker.db import WorkerDB
+
+if TYPE_CHECKING:
+    from pgsight.worker.loop import Worker
+
+log = logging.getLogger("pgsight.worker")
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def job_threads(device: str, configured: int | None = None) -> int:
+    """torch intra-op threads for a job lane: `configured`, else on a CPU half of what the other lanes
+    use (torch's default, at most the cores this process may run on; at least one), else torch's
+    default (a GPU does the work; the CPU threads only feed it)."""
+    if configured:
+        return configured
+    if str(device).startswith("cuda"):
+        return default_threads()
+    return max(1, min(default_threads(), cores()) // 2)
+
+
+_default_threads: int | None = None
+
+
+def default_threads() -> int:
+    """torch's intra-op thread count as this process started (one per core, or $OMP_NUM_THREADS),
+    read once, before a job lane set its own."""
+    global _default_threads
+    if _default_threads is None:
+        import torch
+
+        _default_threads = torch.get_num_threads()
+    return _default_threads
+
+
+def restore_default_threads() -> None:
+    """Put torch's process-wide default back to `default_threads()` without touching any running
+    thread's own count (set from a thread of its own, which ends at once)."""
+    import torch
+
+    t = threading.Thread(target=torch.set_num_threads, args=(default_threads(),), name="pgsight-threads")
+    t.start()
+    t.join()
+
+
+def use_own_threads(n: int) -> None:
+    """Give this thread `n` torch intra-op threads, and no other thread.
+
+    torch copies its process-wide default into a thread at that thread's first op, and from then on the
+    thread keeps a count of its own; `torch.set_num_threads` sets the calling thread's count *and* that
+    default. So: read the default (once per process), run this thread's first op, set its count, and
+    put the default back, so that the row and query-time lanes (and any thread that starts later) keep
+    torch's default whatever a job lane uses."""
+    import torch
+
+    default_threads()
+    torch.get_num_threads()  # this thread's first op: from now on its count is its own
+    torch.set_num_threads(n)
+    restore_default_threads()
+
+
+def lower_priority(nice: int) -> None:
+    """Raise this thread's niceness by `nice` (Linux: per thread; threads it starts inherit it)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as e:
+        log.warning("could not lower the job lane's CPU priority: %s", e)
+
+
+class JobLane:
+    """One thread that claims a training/evaluation job (or a deferred index build) and runs it to the
+    end, on its own connection; the worker's other lanes go on meanwhile."""
+
+    def __init__(self, worker: Worker, index: int = 0) -> None:
+        self.worker = worker
+        self.name = f"pgsight-jobs-{index}"
+        self.wake = threading.Event()
+        self.jobs_run = 0  # ended in any way: done, failed, cancelled, handed back
+        self.errors = 0
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._db: WorkerDB | None = None
+        self._settled = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.wake.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def native_id(self) -> int | None:
+        return self._thread.native_id
+
+    def db(self) -> WorkerDB:
+        if self._db is None or self._db.closed:
+            self._db = WorkerDB.connect(self.worker.config.dsn, "pgsight_worker_jobs")
+        return self._db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def run(self) -> None:
+        config = self.worker.config
+        backoff = 0.5
+        try:
+            while not self.worker.stop.is_set():  # read each time: the CLI swaps the Event before run()
+                try:
+                    if not self._once():
+                        self.wake.wait(config.poll_interval)
+                        self.wake.clear()
+                    backoff = 0.5
+                except psycopg.OperationalError as e:
+                    log.warning("job lane: database connection lost (%s); retrying in %.1fs", e, backoff)
+                    backoff = self._pause(backoff)
+                except Exception as e:  # never stops the lane; a job's own errors are attributed by run_job
+                    log.exception("job lane: unexpected error, going on in %.1fs: %s", backoff, e)
+                    self.errors += 1
+                    self.worker.errors += 1
+                    backoff = self._pause(backoff)
+        finally:
+            self._close()
+
+    def _pause(self, backoff: float) -> float:
+        self._close()
+        self.worker.stop.wait(backoff)
+        return min(backoff * 2, 10)
+
+    def _once(self) -> bool:
+        db = self.db()
+        if self.worker._build_indexes(db):
+            return True
+        job = self.worker._claim_job(db) if self.worker.config.jobs else None
+        if job is None:
+            return False
+        from pgsight.worker.training import run_job  # the model libraries: only once there is a job
+
+        self._settle()
+        try:
+            run_job(self.worker, db.conn, job)
+        finally:
+            restore_default_threads()  # a job may have called torch.set_num_threads itself
+            self.jobs_run += 1
+        return True
+
+    def _settle(self) -> None:
+        """This lane's share of the CPU, before its first job (not at start: an idle worker that never
+        gets a job should not import torch, and stops at once)."""
+        if self._settled:
+            return
+        self._settled = True
+        config = self.worker.config
+        if not self.worker.device.startswith("cuda"):
+            lower_priority(config.job_nice)
+        use_own_threads(job_threads(self.worker.device, config.job_threads))
+
+
+def start_lanes(worker: Worker) -> list[JobLane]:
+    """The worker's job lanes: `max_jobs` of them when it takes jobs, else one for index builds only."""
+    n = max(1, worker.config.max_jobs) if worker.config.jobs else 1
+    lanes = [JobLane(worker, i) for i in range(n)]
+    for lane in lanes:
+        lane.start()
+    return lanes
