@@ -39,7 +39,7 @@ def comment_rows(digits: list[dict], per_image: int = 3, seed: int = 0) -> list[
     if not 1 <= per_image <= len(TEMPLATES):
         raise ValueError(f"per_image must be between 1 and {len(TEMPLATES)}, got {per_image}")
     rng = np.random.default_rng(seed)
-    rows = []
+    rows: list[dict] = []
     for d in digits:
         texts = comments_for(d["label"])
         for k in rng.choice(len(texts), per_image, replace=False):

@@ -83,6 +83,7 @@ def vision_part(ctx, o: DualEncoderOptions) -> tuple[Any, Any]:
             raise ValueError("option image_size applies only to a vision encoder built from vision_config")
         source = _source_of(ctx, str(ref), "vision")
         model_type = AutoConfig.from_pretrained(source).model_type
+        model: Any
         if model_type == "clip":
             model = CLIPVisionModel.from_pretrained(source)
         elif model_type == "vision-text-dual-encoder":
@@ -90,7 +91,7 @@ def vision_part(ctx, o: DualEncoderOptions) -> tuple[Any, Any]:
         else:
             model = AutoModel.from_pretrained(source)
         return model, AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
-    config = dict(config)
+    config = dict(config or {})
     if size is not None:
         if config.get("image_size", size) != size:
             raise ValueError(f"option image_size {size} contradicts vision_config.image_size {config['image_size']}")
@@ -123,6 +124,7 @@ def text_part(ctx, o: DualEncoderOptions, texts: list[str]) -> tuple[Any, Any]:
                              "brings its own")
         source = _source_of(ctx, str(ref), "text")
         model_type = AutoConfig.from_pretrained(source).model_type
+        model: Any
         if model_type == "clip":
             model = CLIPTextModel.from_pretrained(source)
         elif model_type == "vision-text-dual-encoder":
@@ -136,7 +138,7 @@ def text_part(ctx, o: DualEncoderOptions, texts: list[str]) -> tuple[Any, Any]:
         tokenizer.model_max_length = min(int(tokenizer.model_max_length), max_length)
     else:
         tokenizer = build_tokenizer(texts, max_length)
-    config = dict(config)
+    config = dict(config or {})
     if config.get("model_type") not in TEXT_TYPES:
         raise ValueError(f"option text_config.model_type must be one of {', '.join(TEXT_TYPES)}, got "
                          f"{config.get('model_type')!r}")
@@ -224,6 +226,7 @@ def train(ctx) -> dict[str, Any]:
             f"{'; '.join(pairs.errors) or 'none'})"
         )
     pixels = images.array  # row i is pair i
+    assert pixels is not None  # n >= 2 images loaded
     to_model = Pixels(processor, ctx.device).to_model
     device, train_encoders = ctx.device, bool(o.train_encoders)
     model.to(device)
