@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import bench_database, save  # noqa: E402
 from tiny_clip import build_tiny_clip  # noqa: E402
 
-from pgsight import datasets  # noqa: E402
+from pgsight.demos import datasets  # noqa: E402
 from pgsight.testing import running_worker  # noqa: E402
 
 SETTINGS = {  # job lane: (niceness, torch threads; 0 = torch's default, one per core)

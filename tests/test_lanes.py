@@ -13,7 +13,7 @@ import pytest
 from conftest import wait_for, write_png
 from tiny_clip import build_tiny_clip
 
-from pgsight import datasets
+from pgsight.demos import datasets
 from pgsight.testing import running_worker
 
 LONG = {"arch": "tiny", "image_size": 16, "batch_size": 8, "max_epochs": 10000}

@@ -33,6 +33,30 @@ def test_no_production_module_imports_the_test_helpers():
     assert offenders == []
 
 
+#: the only modules at the top of pgsight/: the package, the test helpers, and the old names of moved
+#: modules kept for existing imports (each a re-export)
+TOP_LEVEL = {"__init__.py", "testing.py", "magic.py", "sheets.py", "runner.py", "alembic_ops.py"}
+
+
+def test_pgsight_is_grouped_by_what_it_serves():
+    loose = sorted(p.name for p in (ROOT / "pgsight").glob("*.py"))
+    assert set(loose) <= TOP_LEVEL, ("put new modules in the package they serve: cli/, thanosql/, notebook/, "
+                                     "tools/ or demos/", sorted(set(loose) - TOP_LEVEL))
+
+
+def test_jobs_are_submitted_and_waited_for_in_one_place():
+    """pgsight/tools/jobs.py submits (committed with its NOTIFY) and waits (with progress); nothing
+    else in pgsight/ calls ml.wait."""
+    callers = []
+    for path in sorted((ROOT / "pgsight").rglob("*.py")):
+        if path == ROOT / "pgsight" / "tools" / "jobs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "SELECT ml.wait(" in node.value:
+                callers.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert callers == [], "use pgsight.tools.jobs.run_job (or submit_job + wait_job)"
+
+
 def test_every_package_directory_is_installed():
     tomllib = pytest.importorskip("tomllib")
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import psycopg
@@ -20,7 +20,10 @@ from psycopg import sql
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 #: The schema of the worker's plumbing (claim, write-back, blobs ...): users have no rights on it.
 INTERNAL = "ml_internal"
@@ -167,9 +170,10 @@ class WorkerDB:
 
     def _rows(self, cls: type[T], name: str, *args: Any) -> list[T]:
         """`SELECT <cls's fields> FROM schema.name(args)`, as `cls` instances."""
+        columns: list[sql.Composable] = [sql.Identifier(f.name) for f in fields(cls)]  # type: ignore[arg-type]
+        placeholders: list[sql.Composable] = [sql.Placeholder() for _ in args]
         query = sql.SQL("SELECT {} FROM {}({})").format(
-            sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(cls)),  # type: ignore[arg-type]
-            _fn(name), sql.SQL(", ").join(sql.Placeholder() for _ in args))
+            sql.SQL(", ").join(columns), _fn(name), sql.SQL(", ").join(placeholders))
         with self.conn.cursor(row_factory=class_row(cls)) as cur:
             return cur.execute(query, args).fetchall()
 

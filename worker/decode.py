@@ -34,7 +34,7 @@ def decode(data: bytes, max_pixels: int, what: str = "image",
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd metadata; errors below are what count
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(f"{what} is {w}x{h} pixels, over the limit of {max_pixels} (decompression bomb?)")

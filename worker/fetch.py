@@ -102,7 +102,7 @@ def _resolve(host: str, port: int, allow_private: bool) -> list[tuple]:
     if not infos:
         raise Refused(f"{host} resolves to nothing")
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if not address_allowed(ip, allow_private):
             raise Refused(f"{host} resolves to {ip}, which is not allowed")
     return infos

@@ -65,9 +65,10 @@ def load_into(loader: ImageLoader, out: np.ndarray, prep: Prep, items: list[Sour
             t2 = time.perf_counter()
             out[i] = prep(image)
             t3 = time.perf_counter()
-            secs["read"] += t1 - t0
-            secs["decode"] += t2 - t1
-            secs["prep"] += t3 - t2
+            # float seconds in a Counter (the docs allow any number; typeshed says int)
+            secs["read"] += t1 - t0  # type: ignore[assignment]
+            secs["decode"] += t2 - t1  # type: ignore[assignment]
+            secs["prep"] += t3 - t2  # type: ignore[assignment]
         except ImageError as e:
             errors[i] = str(e)
         except Exception as e:  # a model's preprocessing choked on this one image
@@ -274,7 +275,7 @@ class LoaderPool:
             self._threads = ThreadPoolExecutor(self.threads, thread_name_prefix="pgsight-load")
         futs = [self._threads.submit(load_into, self.loader, out, prep, items[k::self.threads])
                 for k in range(self.threads)]
-        errors: dict[int, str] = {}
+        errors = {}  # dict[int, str], as load_into's above
         for fut in futs:
             errs, secs = fut.result()
             errors.update(errs)

@@ -68,7 +68,7 @@ class ModelCache:
             self._by_name[name] = (info.version, adapter)
             return adapter
 
-    def files(self, conn: psycopg.Connection | WorkerDB, name: str) -> str:
+    def files(self, conn: psycopg.Connection | WorkerDB, name: str) -> str | None:
         """Where the registered model `name` loads from: its stored files, fetched into the cache
         directory, or its source (hub id or directory) when it has none. Loads no model."""
         with self._key_lock(("name", name)):

@@ -48,7 +48,8 @@ class RowProcessor:
         self.loader = loader
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="pgsight-load")
         self.threads = max(1, threads)
-        self.seconds: Counter[str] = Counter()  # time spent per stage, for logs and benchmarks
+        # time spent per stage, for logs and benchmarks: float seconds (typeshed types Counter values as int)
+        self.seconds: Counter[str] = Counter()
         self.loaders = LoaderPool(loader, processes, threads)  # for models with a Prep (pgsight.worker.loaders)
         self.loaders.seconds = self.seconds  # read / decode / prep seconds, summed over loader processes
 
@@ -61,13 +62,13 @@ class RowProcessor:
         t0 = time.perf_counter()
         rows = db.claim(worker_id, n)
         t1 = time.perf_counter()
-        self.seconds["claim"] += t1 - t0
+        self.seconds["claim"] += t1 - t0  # type: ignore[assignment]
         if not rows:
             return None
         try:
             return self._prepare(db, rows)
         finally:
-            self.seconds["load"] += time.perf_counter() - t1
+            self.seconds["load"] += time.perf_counter() - t1  # type: ignore[assignment]
 
     def _prepare(self, db: WorkerDB, rows: list[ClaimedRow]) -> Batch:
         task = db.task_info(rows[0].task_id)
@@ -104,6 +105,7 @@ class RowProcessor:
         return batch
 
     def _load_chunk(self, batch: Batch, sources: list[tuple], indices: range) -> None:
+        assert batch.adapter is not None  # _prepare loaded it before any chunk
         for i in indices:
             present, text, data = sources[i]
             if not present or (text is None and data is None):
@@ -125,10 +127,10 @@ class RowProcessor:
                 batch.inputs = [None] * len(batch)
                 batch.release()
                 batch.release = None
-            self.seconds["compute"] += time.perf_counter() - t0
+            self.seconds["compute"] += time.perf_counter() - t0  # type: ignore[assignment]
 
     def _compute(self, batch: Batch) -> None:
-        if batch.retry_error or batch.task is None:
+        if batch.retry_error or batch.task is None or batch.adapter is None:
             return
         ok = [i for i, x in enumerate(batch.inputs) if x is not None and i not in batch.errors]
         batch.results = [None] * len(batch)
@@ -163,7 +165,7 @@ class RowProcessor:
         try:
             return self._write(db, worker_id, batch)
         finally:
-            self.seconds["write"] += time.perf_counter() - t0
+            self.seconds["write"] += time.perf_counter() - t0  # type: ignore[assignment]
 
     def _write(self, db: WorkerDB, worker_id: int, batch: Batch) -> int:
         try:

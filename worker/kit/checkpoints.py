@@ -9,7 +9,7 @@ hosts of their own.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class Checkpoints:
         self.share = share
         self.dir = Path(host.workdir) / "checkpoint"
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="pgsight-checkpoint")
-        self.pending = None
+        self.pending: Future[None] | None = None
         self.started = 0.0    # when the last write began
         self.cost = 0.0       # how long it took
         self.written = 0

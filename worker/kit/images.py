@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from pgsight.worker.images import ImageError
@@ -38,9 +38,9 @@ class ImageTable:
         self.skipped = 0
         self.errors: list[str] = []          # the first few failures, "ref: why", for a job's result
         self.array: np.ndarray | None = None
-        self._shape: tuple[int, ...] | None = None
-        self._dtype: np.dtype | None = None
-        self._file = None
+        self._shape: tuple[int, ...] = ()        # both set by the first _write
+        self._dtype: np.dtype = np.dtype(np.uint8)
+        self._file: IO[bytes] | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> ImageTable:

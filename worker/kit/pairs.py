@@ -69,6 +69,6 @@ def read_pairs(ctx, image_col: str, text_col: str, group_col: str | None = None)
             pairs.refs.append(image)
             pairs.texts.append(str(text))
             pairs.keys.append(str(row.get("id", n)))
-            if group_col:
+            if pairs.groups is not None:  # a group_col was given
                 pairs.groups.append(row[group_col])
     return pairs

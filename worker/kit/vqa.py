@@ -94,7 +94,7 @@ def exact_match(predicted: str | None, truth: dict[str, float]) -> float:
     return 1.0 if truth.get(normalize(predicted), -1.0) == best else 0.0
 
 
-def summarize(questions: Iterable[str], vqa: Iterable[float], em: Iterable[float]) -> list[dict[str, Any]]:
+def summarize(questions: Iterable[str | None], vqa: Iterable[float], em: Iterable[float]) -> list[dict[str, Any]]:
     """Rows per question text (sorted) and the overall row (question NULL), as ml.evaluate_vqa reads them."""
     groups: dict[str | None, list[tuple[float, float]]] = defaultdict(list)
     for q, v, e in zip(questions, vqa, em):

@@ -29,7 +29,7 @@ class Adapter:
     prep: Any = None
 
     @classmethod
-    def load(cls, source: str, options: dict[str, Any], device: str) -> Adapter:
+    def load(cls, source: str | None, options: dict[str, Any], device: str) -> Adapter:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

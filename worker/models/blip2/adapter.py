@@ -72,7 +72,7 @@ class Blip2Adapter(Adapter):
         model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=dtype, trust_remote_code=False)
         if model.config.image_token_index is None:
             raise ValueError(f"{source} has no image_token_index in its config (an old BLIP-2 checkpoint layout)")
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to as an unbound wrapper
         return cls(model, tokenizer, image_processor, device, options)
 
     def describe(self) -> dict[str, Any]:

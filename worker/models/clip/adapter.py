@@ -87,6 +87,7 @@ def device_batch_size(model, device: str) -> int:
 
 
 class ClipAdapter(Adapter):
+    dim: int
     kind = "clip"
 
     def __init__(self, model, tokenizer, image_processor, device: str = "cpu") -> None:

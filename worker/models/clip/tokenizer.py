@@ -63,7 +63,7 @@ def learn_merges(texts: Iterable[str], num_merges: int) -> list[tuple[str, str]]
         best = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
         joined = best[0] + best[1]
-        new_words = {}
+        new_words: dict[tuple[str, ...], int] = {}
         for symbols, count in words.items():
             out, i = [], 0
             while i < len(symbols):
@@ -93,7 +93,8 @@ def build_tokenizer(texts: Iterable[str], num_merges: int = 1000, max_length: in
     from transformers import CLIPTokenizer
 
     merges = learn_merges(texts, num_merges)
-    return CLIPTokenizer(vocab=clip_vocab(merges), merges=list(merges), model_max_length=max_length)
+    # merges as (left, right) pairs, which CLIPTokenizer takes though its annotation says strings
+    return CLIPTokenizer(vocab=clip_vocab(merges), merges=list(merges), model_max_length=max_length)  # type: ignore[arg-type]
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:

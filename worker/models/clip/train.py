@@ -204,6 +204,7 @@ def train(ctx) -> dict[str, Any]:
             f"{'; '.join(pairs.errors) or 'none'})"
         )
     pixels = images.array  # row i is pair i (pairs.keep kept the loaded ones, in order)
+    assert pixels is not None  # n >= 2 images were loaded
 
     device = ctx.device
     model.to(device).train()

@@ -18,6 +18,7 @@ def pixel_vector(image: Image.Image, size: int) -> np.ndarray:
 
 
 class PixelsAdapter(Adapter):
+    dim: int
     kind = "pixels"
     batch_size = 512
 

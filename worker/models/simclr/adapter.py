@@ -105,7 +105,7 @@ def load_model_dir(directory: str | Path) -> tuple[Any, Any, dict[str, Any]]:
         if config.get("model_type") != "resnet":
             raise ValueError(f"{directory} holds a {config.get('model_type')!r} checkpoint, not a ResNet")
         encoder = ResNetModel.from_pretrained(str(directory))
-        meta: dict[str, Any] = {"arch": "checkpoint"}
+        meta = {"arch": "checkpoint"}
         prep = directory / "preprocessor_config.json"
         if prep.exists():
             p = json.loads(prep.read_text())
@@ -116,6 +116,7 @@ def load_model_dir(directory: str | Path) -> tuple[Any, Any, dict[str, Any]]:
 
 
 class SimclrAdapter(Adapter):
+    dim: int
     kind = "simclr"
     batch_size = 256
 

@@ -59,6 +59,7 @@ def load_images(ctx, o: SimclrOptions, size: int | None) -> tuple[np.ndarray, in
     seen = 0
 
     def square(image):  # only called for a decoded image, so `size` is known by then
+        assert size is not None
         return simclr.square_array(image, size)
 
     with ImageTable(ctx, square, column=col) as table, closing(ctx.rows()) as rows:
@@ -85,12 +86,14 @@ def load_images(ctx, o: SimclrOptions, size: int | None) -> tuple[np.ndarray, in
     if len(table) < 2:
         raise ValueError(f"SimCLR needs at least 2 readable images; the query gave {seen} rows, "
                          f"{table.skipped} of them unreadable (see ml.errors)")
+    assert table.array is not None and size is not None  # 2 or more images were loaded
     return table.array, size, table.skipped
 
 
 def resolve_init(ctx, o: SimclrOptions):
     """(encoder, head or None, meta) of the `init` model: a registered simclr model, or a directory
     (a simclr model directory or a transformers ResNet checkpoint) on this worker."""
+    assert o.init is not None  # called when pretrained, which needs init (options.py checks)
     where = resolve_model(ctx, o.init, "simclr", what="init", hub=False)
     try:
         return simclr.load_model_dir(where)

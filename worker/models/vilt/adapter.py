@@ -141,7 +141,7 @@ class ViltAdapter(Adapter):
         if all(_DEFAULT_LABEL.match(lab) for lab in labels):
             raise ValueError(f"{source} has no answer vocabulary (its labels are {labels[:3]}...): it is not a VQA "
                              "checkpoint; fine-tune it with ml.build_model(..., 'vilt', ..., '{\"base\": ...}')")
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to as an unbound wrapper
         return cls(model, tokenizer, image_processor, device, options.get("image_size"))
 
     def describe(self) -> dict[str, Any]:

@@ -88,8 +88,9 @@ def build_model(ctx, o: ViltOptions, labels: list[str], questions: list[str]):
         cfg = ViltConfig(**fields)
     except TypeError as e:
         raise ValueError(f"option config is not a valid ViltConfig: {e}") from None
-    patch = int(cfg.patch_size)
-    side = int(o.image_size or cfg.image_size)
+    # ViltConfig types these as int | list | tuple; a ViLT's are ints
+    patch = int(cfg.patch_size)  # type: ignore[arg-type]
+    side = int(o.image_size or cfg.image_size)  # type: ignore[arg-type]
     image_processor = ViltImageProcessorPil(size={"shortest_edge": side}, size_divisor=patch)
     return ViltForQuestionAnswering(cfg), tokenizer, image_processor
 
@@ -97,7 +98,8 @@ def build_model(ctx, o: ViltOptions, labels: list[str], questions: list[str]):
 def read_rows(ctx, o: ViltOptions) -> tuple[list[tuple[Any, str, dict[str, float], str]], Counter]:
     """(image, question, answers, row key) of the usable rows, and why the others were skipped."""
     cols = [o.image_col, o.question_col, o.answers_col]
-    rows, skipped = [], Counter()
+    rows: list[tuple[Any, str, dict[str, float], str]] = []
+    skipped: Counter[str] = Counter()
     for n, row in enumerate(ctx.rows()):
         missing = [c for c in cols if c not in row]
         if missing:
@@ -213,7 +215,7 @@ def train(ctx) -> dict[str, Any]:
     side = fixed_size(image_processor, o.image_size)
     max_tokens = text_length(tokenizer, model.config)
 
-    first_row = {}  # image -> the key of its first row (what ml.errors names when it cannot be read)
+    first_row: dict[Any, str] = {}  # image -> the key of its first row (what ml.errors names when it cannot be read)
     for r in rows:
         first_row.setdefault(r[0], r[3])
     refs = list(first_row)
@@ -245,6 +247,7 @@ def train(ctx) -> dict[str, Any]:
         for a, w in truth.items():
             targets[n, label2id[a]] = w
     image_rows = [ref_row[r[0]] for r in rows]
+    assert images.array is not None  # rows (of readable images) is not empty
 
     with one_thread_if_small(model, device):
         last, history, step, resumed = fit(ctx, model, images.array, image_rows, enc, targets, image_processor, o)
