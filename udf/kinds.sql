@@ -26,6 +26,12 @@ INSERT INTO ml.model_kinds (kind, modalities, outputs, metric, train_options, de
  '{"encoder": null, "decoder": null, "base": null, "tokenizer": null, "image_size": null, "image_col": "image_path",
    "text_col": null, "batch_size": 16, "max_epochs": 3, "learning_rate": 5e-5, "weight_decay": 0.0,
    "warmup_ratio": 0.0, "max_length": 32, "freeze_encoder": false, "seed": 0, "overwrite": false}',
- 'generative image commenting (VisionEncoderDecoderModel: a vision encoder and a GPT-2-style decoder): text through ml.generate and ml.create_generation')
+ 'generative image commenting (VisionEncoderDecoderModel: a vision encoder and a GPT-2-style decoder): text through ml.generate and ml.create_generation'),
+('dual_encoder', '{image,text}', 'embedding', 'cosine',
+ '{"vision": null, "text": null, "vision_config": null, "text_config": null, "tokenizer": null,
+   "image_size": null, "max_length": 32, "projection_dim": 512, "train_encoders": false,
+   "image_col": "image_path", "text_col": "text", "batch_size": 32, "max_epochs": 3,
+   "learning_rate": 1e-4, "weight_decay": 0.1, "seed": 0, "overwrite": false}',
+ 'retrieval dual encoder from two pre-trained encoders (VisionTextDualEncoderModel: ViT/Swin/BEiT/DeiT/CLIP vision + BERT/RoBERTa)')
 ON CONFLICT (kind) DO UPDATE SET modalities = EXCLUDED.modalities, outputs = EXCLUDED.outputs,
     metric = EXCLUDED.metric, train_options = EXCLUDED.train_options, description = EXCLUDED.description;

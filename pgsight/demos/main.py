@@ -29,7 +29,7 @@ from pgsight.worker.inprocess import running_worker
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 #: sections after the pixels baseline, each a module in pgsight.demos with run(dsn, out, console) -> dict
-SECTIONS: list[str] = ["simclr", "clip", "vilt"]
+SECTIONS: list[str] = ["simclr", "clip", "vilt", "commenting"]
 
 
 def precision_at_k(conn: psycopg.Connection, table: str, column: str, model: str, k: int = 10,

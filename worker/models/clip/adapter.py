@@ -64,8 +64,11 @@ def batch_for_memory(free_bytes: int, vision_config) -> int:
     tower's activations (inference keeps about one layer's worth alive), a power of two, 32..1024."""
     vc = vision_config
     tokens = (vc.image_size // vc.patch_size) ** 2 + 1
-    per_image = 2 * tokens * (4 * vc.hidden_size + vc.intermediate_size) * 2  # fp16 activations, x2 slack
-    per_image += 2 * vc.num_attention_heads * tokens * tokens * 2  # attention scores
+    # other vision configs (dual_encoder: Swin has no intermediate_size, heads per stage): over-estimate
+    intermediate = getattr(vc, "intermediate_size", None) or 4 * vc.hidden_size
+    heads = getattr(vc, "num_attention_heads", None) or max(getattr(vc, "num_heads", None) or [1])
+    per_image = 2 * tokens * (4 * vc.hidden_size + intermediate) * 2  # fp16 activations, x2 slack
+    per_image += 2 * heads * tokens * tokens * 2  # attention scores
     fits = free_bytes // 4 // per_image
     size = 32
     while size * 2 <= min(fits, 1024):

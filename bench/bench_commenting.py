@@ -1,0 +1,60 @@
+"""Retrieval versus generation for image commenting, side by side, on the captioned digits.
+
+Both models trained in the database on the same (image, comment) pairs (pgsight.demos.digit_comments:
+three comments per training image): a `dual_encoder` (tiny ViT + tiny RoBERTa) and a `captioner`
+(tiny ViT + tiny GPT-2). On the held-out images only: Recall@1/5/10 of the retrieval model
+(ml.evaluate_retrieval, grouped by image), and ml.evaluate_generation's metrics (BLEU-1..4, METEOR,
+ROUGE-L, CIDEr, perplexity, distinct-1/2, mean length) for (a) the captioner's comments and (b) the
+retrieval model's top-1 training comment used as the reply; plus the share of held-out images whose
+reply names the right digit (quality bar for the captioner: >= 0.9).
+
+    .venv/bin/python bench/bench_commenting.py [--epochs 12]
+    # writes bench/out/commenting.json and prints the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from pgsight.demos import commenting as recipe
+from pgsight.demos import datasets
+from pgsight.testing import TestServer, running_worker
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of each model")
+    args = parser.parse_args()
+    images = Path(tempfile.mkdtemp(prefix="pgsight-bench-commenting-"))
+    atexit.register(shutil.rmtree, images, True)
+    digits = datasets.write_digits(images)
+    retrieval = {**recipe.RETRIEVAL_OPTIONS, "max_epochs": args.epochs}
+    captioner = {**recipe.CAPTIONER_OPTIONS, "max_epochs": args.epochs}
+    with TestServer() as server, server.database() as dsn, running_worker(dsn, [images]):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            result = recipe.side_by_side(conn, digits, retrieval, captioner)
+    result.update(options={"dual_encoder": retrieval, "captioner": captioner}, cpus=os.cpu_count(),
+                  load_average=os.getloadavg())
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "commenting.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"held-out images: {result['held_out_images']}; training seconds: {result['train_seconds']}")
+    print("\n".join(recipe.table_lines(result)))
+    right = result["captioner"]["names the right digit"]
+    print(f"the captioner's comment names the right digit for {right:.3f} of held-out images (bar: >= 0.9)")
+    print(f"wrote {OUT / 'commenting.json'}")
+    return 0 if right >= 0.9 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
