@@ -6,7 +6,7 @@
 -- A classification is a prediction task (same triggers, queue, write path ml_internal.write_predictions,
 -- ownership and drop) whose question is its label set as JSON:
 -- {"classify": {"labels": [...], "template": "a photo of {}" | null}}. The worker embeds a label
--- set once per model version (worker/models/zeroshot.py).
+-- set once per model version (worker/models/clip/zeroshot.py).
 
 -- The model must be one whose kind embeds both images and texts (clip).
 CREATE OR REPLACE FUNCTION ml_private._check_classifier(model_name text) RETURNS ml.models
