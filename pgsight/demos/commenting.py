@@ -44,10 +44,10 @@ CAPTIONER_OPTIONS: dict[str, Any] = {
     "text_col": "comment", "batch_size": 32, "max_epochs": 20, "learning_rate": 3e-3, "lr_schedule": "constant",
     "max_length": 24, "seed": 0, "overwrite": True,
 }
-# the demo's short run (about 3 minutes on 2 quiet cores): one comment per training image, fewer epochs
+# the demo's short run (113 s for the section at load average 2.9 on 2 cores): one comment per training image
 DEMO_PER_IMAGE = 1
-DEMO_RETRIEVAL_OPTIONS: dict[str, Any] = {**RETRIEVAL_OPTIONS, "max_epochs": 4}
-DEMO_CAPTIONER_OPTIONS: dict[str, Any] = {**CAPTIONER_OPTIONS, "max_epochs": 20}
+DEMO_RETRIEVAL_OPTIONS: dict[str, Any] = {**RETRIEVAL_OPTIONS, "max_epochs": 12}
+DEMO_CAPTIONER_OPTIONS: dict[str, Any] = {**CAPTIONER_OPTIONS, "max_epochs": 30}
 
 
 def setup(conn: psycopg.Connection, digits: list[dict], per_image: int = 3) -> list[dict]:
