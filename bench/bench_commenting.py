@@ -8,7 +8,7 @@ ROUGE-L, CIDEr, perplexity, distinct-1/2, mean length) for (a) the captioner's c
 retrieval model's top-1 training comment used as the reply; plus the share of held-out images whose
 reply names the right digit (quality bar for the captioner: >= 0.9).
 
-    .venv/bin/python bench/bench_commenting.py [--epochs 12]
+    .venv/bin/python bench/bench_commenting.py [--epochs 6] [--captioner-epochs 20]
     # writes bench/out/commenting.json and prints the table
 """
 
@@ -34,13 +34,16 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12, help="epochs of each model")
+    parser.add_argument("--epochs", type=int, default=recipe.RETRIEVAL_OPTIONS["max_epochs"],
+                        help="epochs of the retrieval model")
+    parser.add_argument("--captioner-epochs", type=int, default=recipe.CAPTIONER_OPTIONS["max_epochs"],
+                        help="epochs of the captioner")
     args = parser.parse_args()
     images = Path(tempfile.mkdtemp(prefix="pgsight-bench-commenting-"))
     atexit.register(shutil.rmtree, images, True)
     digits = datasets.write_digits(images)
     retrieval = {**recipe.RETRIEVAL_OPTIONS, "max_epochs": args.epochs}
-    captioner = {**recipe.CAPTIONER_OPTIONS, "max_epochs": args.epochs}
+    captioner = {**recipe.CAPTIONER_OPTIONS, "max_epochs": args.captioner_epochs}
     with TestServer() as server, server.database() as dsn, running_worker(dsn, [images]):
         with psycopg.connect(dsn, autocommit=True) as conn:
             result = recipe.side_by_side(conn, digits, retrieval, captioner)
@@ -48,7 +51,8 @@ def main() -> int:
                   load_average=os.getloadavg())
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "commenting.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(f"held-out images: {result['held_out_images']}; training seconds: {result['train_seconds']}")
+    print(f"training pairs: {result['training_pairs']}; held-out images: {result['held_out_images']}; "
+          f"training seconds: {result['train_seconds']}; load average: {result['load_average']}")
     print("\n".join(recipe.table_lines(result)))
     right = result["captioner"]["names the right digit"]
     print(f"the captioner's comment names the right digit for {right:.3f} of held-out images (bar: >= 0.9)")

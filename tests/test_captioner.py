@@ -19,7 +19,8 @@ from pgsight.testing import running_worker
 NAMES = {0: "zero", 1: "one", 7: "seven"}
 TEMPLATES = ["a handwritten {}", "that looks like a {}"]
 OPTIONS = {"encoder": {**tiny_captioner.ENCODER, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4},
-           "decoder": tiny_captioner.DECODER, "batch_size": 8, "max_epochs": 60, "learning_rate": 3e-3, "max_length": 8}
+           "decoder": tiny_captioner.DECODER, "batch_size": 8, "max_epochs": 60, "learning_rate": 3e-3, "max_length": 8,
+           "lr_schedule": "constant"}
 
 
 @pytest.fixture
@@ -59,6 +60,9 @@ def job_row(conn, job):
 def test_train_generate_evaluate(dsn, comments, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn, running_worker(dsn, [comments], cache_dir=tmp_path / "cache"):
         assert "unknown option 'epochs'" in str(pytest.raises(psycopg.Error, build, conn, "c", {"epochs": 3}).value)
+        bad = build(conn, "c", {**OPTIONS, "lr_schedule": "step"})
+        assert conn.execute("SELECT ml.wait(%s, '60 seconds')", (bad,)).fetchone()[0] == "failed"
+        assert "lr_schedule 'step' is not one of linear, cosine, constant" in job_row(conn, bad)["error"]
         job = build(conn, "cap", OPTIONS)
         assert conn.execute("SELECT ml.wait(%s, '180 seconds')", (job,)).fetchone()[0] == "done", job_row(conn, job)
         j = job_row(conn, job)

@@ -23,6 +23,7 @@ def test_schedules():
     # linear, no warm-up (ViLT's default): starts at 1, reaches 0 at the end, never below
     assert [schedules.factor(s, 4, 0, "linear") for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert schedules.factor(7, 4, 0, "linear") == 0.0
+    assert [schedules.factor(s, 20, 4, "constant") for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]
 
 
 class Host:

@@ -25,7 +25,7 @@ INSERT INTO ml.model_kinds (kind, modalities, outputs, metric, train_options, de
 ('captioner', '{image}', 'answer', 'cosine',
  '{"encoder": null, "decoder": null, "base": null, "tokenizer": null, "image_size": null, "image_col": "image_path",
    "text_col": null, "batch_size": 16, "max_epochs": 3, "learning_rate": 5e-5, "weight_decay": 0.0,
-   "warmup_ratio": 0.0, "max_length": 32, "freeze_encoder": false, "seed": 0, "overwrite": false}',
+   "warmup_ratio": 0.0, "lr_schedule": "linear", "max_length": 32, "freeze_encoder": false, "seed": 0, "overwrite": false}',
  'generative image commenting (VisionEncoderDecoderModel: a vision encoder and a GPT-2-style decoder): text through ml.generate and ml.create_generation'),
 ('dual_encoder', '{image,text}', 'embedding', 'cosine',
  '{"vision": null, "text": null, "vision_config": null, "text_config": null, "tokenizer": null,

@@ -1,17 +1,19 @@
 """Learning-rate schedules, as factors of the base rate: a linear warm-up over the first `warmup`
-steps, then cosine or linear decay to 0 at step `total`. `lambda_lr` wraps one for torch."""
+steps, then cosine or linear decay to 0 at step `total`, or the base rate kept (constant). `lambda_lr` wraps one for torch."""
 from __future__ import annotations
 
 import math
 from typing import Any, Literal
 
-Decay = Literal["cosine", "linear"]
+Decay = Literal["cosine", "linear", "constant"]
 
 
 def factor(step: int, total: int, warmup: int, decay: Decay = "cosine") -> float:
     """The factor at `step` (0-based). With warmup 0 the decay starts at 1 on the first step."""
     if step < warmup:
         return (step + 1) / warmup
+    if decay == "constant":
+        return 1.0
     left = max(1, total - warmup)
     if decay == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / left))

@@ -20,6 +20,7 @@ class CaptionerOptions:
     learning_rate: float = 5e-5
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
+    lr_schedule: str = "linear"  # after the warm-up: "linear" (decay to 0), "cosine" or "constant"
     max_length: int = 32
     freeze_encoder: bool = False
     seed: int = 0

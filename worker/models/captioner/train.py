@@ -4,7 +4,8 @@ comment FROM ...', options) → `train(ctx)`.
 Each (image, comment) row is one training pair (an image with several comments gives several
 pairs). Teacher forcing: the decoder reads the start token and the comment's tokens and is trained
 with cross-entropy to predict each next token and the end token (VisionEncoderDecoderModel's own
-loss with `labels`). AdamW, linear warm-up (`warmup_ratio`) then linear decay (the kit's schedule),
+loss with `labels`). AdamW, linear warm-up (`warmup_ratio`) then `lr_schedule`: linear decay to 0 (default), cosine, or
+constant (the kit's schedules),
 gradient clipping at 1, `freeze_encoder` to train the decoder (and the projection) only.
 
 Images are read once through the kit's image table (unreadable ones go to ml.errors and their rows
@@ -17,7 +18,7 @@ batches an uninterrupted one would.
 
 Options (options.py; their defaults are udf/kinds.sql's): see build.py for encoder, decoder, base,
 tokenizer, image_size; image_col, text_col (default: the query's comment, caption or text column),
-batch_size, max_epochs, learning_rate, weight_decay, warmup_ratio, max_length (comment tokens kept,
+batch_size, max_epochs, learning_rate, weight_decay, warmup_ratio, lr_schedule, max_length (comment tokens kept,
 the end token included; also the default max_new_tokens of generation), freeze_encoder, seed.
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pgsight.worker.models.vilt.adapter import one_thread_if_small
 from PIL import Image
 
 log = logging.getLogger("pgsight.worker.captioner")
+SCHEDULES = ("linear", "cosine", "constant")
 
 ENCODER_KINDS = ("clip", "captioner", "dual_encoder")
 
@@ -51,6 +53,8 @@ ENCODER_KINDS = ("clip", "captioner", "dual_encoder")
 def read_rows(ctx, o: CaptionerOptions) -> tuple[list[tuple[str, Any, str]], str, str, int]:
     """(row key, image ref, comment) of the usable rows, the image and text columns, and how many rows
     were skipped (no image or no comment)."""
+    if o.lr_schedule not in SCHEDULES:
+        raise ValueError(f"lr_schedule {o.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
     rows: list[tuple[str, Any, str]] = []
     cols: tuple[str, str] | None = None
     skipped = 0
@@ -166,7 +170,7 @@ def train(ctx) -> dict[str, Any]:
         n, bs = len(kept), o.batch_size
         total = ((n + bs - 1) // bs) * o.max_epochs
         optimizer = torch.optim.AdamW(params, lr=o.learning_rate, weight_decay=o.weight_decay)
-        schedule = lambda_lr(optimizer, total, int(o.warmup_ratio * total), "linear")
+        schedule = lambda_lr(optimizer, total, int(o.warmup_ratio * total), o.lr_schedule)  # type: ignore[arg-type]
         start_epoch, step, history = 0, 0, []
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
