@@ -10,7 +10,7 @@
 
 -- The model must be one whose kind embeds both images and texts (clip).
 CREATE OR REPLACE FUNCTION ml_private._check_classifier(model_name text) RETURNS ml.models
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models;
 BEGIN
@@ -30,7 +30,7 @@ END $$;
 
 -- The label set of a classification, validated, as the JSON its task and requests carry.
 CREATE OR REPLACE FUNCTION ml_private._label_spec(labels text[], options jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     template jsonb;
     bad text;
@@ -74,7 +74,7 @@ END $$;
 -- Is this prediction task's question a label set (a classification)? One that looks like a label
 -- set but is not a valid one is refused here (ml_private._check_task), never by the worker later.
 CREATE OR REPLACE FUNCTION ml_private._is_classification(question text) RETURNS boolean
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     spec jsonb;
 BEGIN
@@ -92,7 +92,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml_private._classify(model_name text, input text, image bytea, labels text[], options jsonb)
 RETURNS TABLE (label text, score real)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models := ml_private._check_classifier(model_name);
     spec jsonb := ml_private._label_spec(labels, options);
@@ -109,7 +109,7 @@ END $$;
 -- The image's probability for each label, highest first.
 CREATE OR REPLACE FUNCTION ml.classify(model text, image text, labels text[], options jsonb DEFAULT '{}')
 RETURNS TABLE (label text, score real)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT c.label, c.score FROM ml_private._classify(model, image, NULL, labels, options) c ORDER BY c.score DESC
 $$;
 COMMENT ON FUNCTION ml.classify(text, text, text[], jsonb) IS
@@ -118,7 +118,7 @@ COMMENT ON FUNCTION ml.classify(text, text, text[], jsonb) IS
 
 CREATE OR REPLACE FUNCTION ml.classify(model text, image bytea, labels text[], options jsonb DEFAULT '{}')
 RETURNS TABLE (label text, score real)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT c.label, c.score FROM ml_private._classify(model, NULL, image, labels, options) c ORDER BY c.score DESC
 $$;
 COMMENT ON FUNCTION ml.classify(text, bytea, text[], jsonb) IS
@@ -131,7 +131,7 @@ COMMENT ON FUNCTION ml.classify(text, bytea, text[], jsonb) IS
 CREATE OR REPLACE FUNCTION ml.create_classification(table_name regclass, model text, image_col text, labels text[],
                                                     result_col text DEFAULT 'label',
                                                     options jsonb DEFAULT '{}') RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     spec jsonb;
 BEGIN
@@ -165,7 +165,7 @@ COMMENT ON PROCEDURE ml.create_classification_and_wait IS
 
 -- Drops the label column and its _score column (ml.drop_prediction does the same).
 CREATE OR REPLACE FUNCTION ml.drop_classification(table_name regclass, result_col text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._drop_task('prediction', table_name, result_col)
 $$;
 COMMENT ON FUNCTION ml.drop_classification(regclass, text) IS

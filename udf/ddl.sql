@@ -6,7 +6,7 @@
 -- followed even where no event trigger keeps ml.tasks up to date). NULL when the task or its table
 -- is gone.
 CREATE OR REPLACE FUNCTION ml_private._task(tid int) RETURNS ml.tasks
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     t ml.tasks;
 BEGIN
@@ -29,7 +29,7 @@ END $$;
 -- the task_backoff_max setting: a fix is picked up soon) and hand back its claimed rows without
 -- counting the attempt against them. Other tasks keep being served.
 CREATE OR REPLACE FUNCTION ml_internal._task_failed(tid int, err text, queue_ids bigint[]) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     UPDATE ml.tasks SET state = 'failing', error = err, failures = failures + 1, failed_at = now(),
         not_before = now() + least(interval '1 second' * power(2, least(failures, 20)),
@@ -44,14 +44,14 @@ END $$;
 
 -- Worker: a task-level error caught outside SQL (the worker's side of ml_internal._task_failed).
 CREATE OR REPLACE FUNCTION ml_internal.task_failed(worker bigint, tid int, queue_ids bigint[], err text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     PERFORM ml_internal._task_failed(tid, err, (SELECT array_agg(id) FROM ml.queue
                                        WHERE id = ANY (queue_ids) AND claimed_by = worker));
 END $$;
 
 CREATE OR REPLACE FUNCTION ml_internal._task_ok(tid int) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     UPDATE ml.tasks SET state = 'ok', error = NULL, failures = 0, not_before = NULL
     WHERE id = tid AND (state <> 'ok' OR failures <> 0);
@@ -60,14 +60,14 @@ END $$;
 -- SQLSTATE classes an error of one row raises (bad data, a constraint, a user trigger's RAISE);
 -- anything else hitting every row of a batch is the task's problem (see ml_internal._task_failed).
 CREATE OR REPLACE FUNCTION ml_internal._is_row_error(state text) RETURNS boolean
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT left(state, 2) IN ('22', '23', 'P0', '27', '09', '44', '2F', '38', '39')
 $$;
 
 -- Every row of a batch failed: is it the task's problem? Yes when the error is not of a row's kind,
 -- or when it is but every row gave the same message (a trigger that refuses every write).
 CREATE OR REPLACE FUNCTION ml_internal._task_level(states text[], errs text[], rows int) RETURNS boolean
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT cardinality(states) = rows AND rows > 0
        AND (NOT ml_internal._is_row_error(states[1])
             OR (rows > 1 AND (SELECT count(DISTINCT e) FROM unnest(errs) e) = 1))
@@ -76,7 +76,7 @@ $$;
 -- Tasks failing as a whole, for `pgsight status` (and psql).
 CREATE OR REPLACE FUNCTION ml.status_failing()
 RETURNS TABLE (table_name text, result_col text, failures int, error text, failed_at timestamptz, retry_in interval)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT t.table_name::text, t.result_col, t.failures, t.error, t.failed_at,
                         greatest(t.not_before - now(), interval '0')
@@ -90,7 +90,7 @@ COMMENT ON FUNCTION ml.status_failing() IS
 -- the key's type too) and retry a failing task at once (the user may just have fixed it).
 -- SECURITY DEFINER: the user altering their table may not write ml.tasks; it never fails their DDL.
 CREATE OR REPLACE FUNCTION ml_private._on_ddl_end() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     tid int;
     t ml.tasks;
@@ -118,7 +118,7 @@ END $$;
 -- Queue the rows of a task that have a source, no result, no queue entry and no recorded error
 -- (rows of a partition attached with its rows).
 CREATE OR REPLACE FUNCTION ml_internal._queue_missing(tid int) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -144,7 +144,7 @@ END $$;
 -- takes its pgsight task along. Queue rows a worker holds at this moment are skipped (never waited
 -- for: no deadlock with ml_internal.claim) and cleaned up by ml_internal.reap. SECURITY DEFINER, as ml_private._on_ddl_end.
 CREATE OR REPLACE FUNCTION ml_private._on_sql_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     gone int[];
 BEGIN
@@ -186,7 +186,7 @@ END $$;
 -- outside a transaction block: CALL ml.create_embedding_and_wait('photos', 'clip', 'image_path');
 -- No SET clause (a procedure with one cannot commit): every name is schema-qualified.
 CREATE OR REPLACE FUNCTION ml_private._check_may_commit(what text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
         RAISE EXCEPTION 'pgsight: CALL ml.% commits, so it cannot run inside a transaction block', what

@@ -9,12 +9,12 @@
 
 -- The kinds whose workers generate text (their adapters have generate(); worker/models/generation.py).
 CREATE OR REPLACE FUNCTION ml_private._generates(kind text) RETURNS boolean
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT kind IN ('captioner', 'blip2')
 $$;
 
 CREATE OR REPLACE FUNCTION ml_private._check_generator(model_name text) RETURNS ml.models
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models;
 BEGIN
@@ -33,7 +33,7 @@ END $$;
 -- generate()'s options, checked: known keys, types and ranges (the worker checks them again the same
 -- way: worker/models/generation.py). Returns them without NULLs.
 CREATE OR REPLACE FUNCTION ml_private._generation_options(options jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     spec jsonb := '{"max_new_tokens": ["int", 1, 512, false], "min_new_tokens": ["int", 0, 512, false],
                     "num_beams": ["int", 1, 32, false], "do_sample": ["bool"], "top_p": ["num", 0, 1, true],
@@ -91,7 +91,7 @@ END $$;
 
 -- The spec a generation task or request carries.
 CREATE OR REPLACE FUNCTION ml_private._generation_spec(prompt text, options jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     IF length(prompt) > 10000 THEN
         RAISE EXCEPTION 'pgsight: the prompt is too long (% characters, 10000 at most)', length(prompt)
@@ -103,7 +103,7 @@ END $$;
 -- Is this prediction task's question a generation spec? One that looks like a spec but is not a
 -- valid one is refused here (ml_private._check_task), never by the worker later.
 CREATE OR REPLACE FUNCTION ml_private._is_generation(question text) RETURNS boolean
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     spec jsonb;
 BEGIN
@@ -122,7 +122,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml_private._generate(model_name text, input text, image bytea, prompt text, options jsonb)
 RETURNS TABLE (text text, score real)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models := ml_private._check_generator(model_name);
     spec jsonb := ml_private._generation_spec(prompt, options);
@@ -142,13 +142,13 @@ END $$;
 -- repetition_penalty, no_repeat_ngram_size, length_penalty, min_new_tokens, seed).
 CREATE OR REPLACE FUNCTION ml.generate(model text, image text, prompt text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS text
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT g.text FROM ml_private._generate(model, image, NULL, prompt, options) g
 $$;
 
 CREATE OR REPLACE FUNCTION ml.generate(model text, image bytea, prompt text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS text
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT g.text FROM ml_private._generate(model, NULL, image, prompt, options) g
 $$;
 
@@ -158,7 +158,7 @@ $$;
 CREATE OR REPLACE FUNCTION ml.create_generation(table_name regclass, model text, image_col text,
                                                 result_col text DEFAULT 'generated',
                                                 options jsonb DEFAULT '{}') RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     spec jsonb;
 BEGIN
@@ -193,7 +193,7 @@ COMMENT ON PROCEDURE ml.create_generation_and_wait IS
 
 -- Drops the generated column and its _score column (ml.drop_prediction does the same).
 CREATE OR REPLACE FUNCTION ml.drop_generation(table_name regclass, result_col text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._drop_task('prediction', table_name, result_col)
 $$;
 

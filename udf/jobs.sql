@@ -5,7 +5,7 @@
 -- sees the worker's progress whatever the caller's isolation level. A NULL timeout means the
 -- wait_timeout setting (10 minutes unless changed): never forever.
 CREATE OR REPLACE FUNCTION ml.wait(job_id bigint, timeout interval DEFAULT '10 minutes') RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     conn text;
     deadline timestamptz;
@@ -30,7 +30,7 @@ BEGIN
     LOOP
         SELECT r.status, r.error INTO st, err
         -- the loopback may be a role that sees every job: ask for the caller's own (or one it may change)
-        FROM dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s AND ml_private._may_change(%L, owner)',
+        FROM public.dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s AND ml_private._may_change(%L, owner)',
                                  job_id, current_user)) AS r(status text, error text);
         IF st IS NULL THEN
             IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id) THEN
@@ -62,7 +62,7 @@ COMMENT ON FUNCTION ml.wait(bigint, interval) IS
     'isolation level.';
 
 CREATE OR REPLACE FUNCTION ml.cancel(job_id bigint) RETURNS text
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._job_cancel(job_id, current_user)  -- the caller's own jobs (pgsight_admin: any)
 $$;
 COMMENT ON FUNCTION ml.cancel(bigint) IS
@@ -71,7 +71,7 @@ COMMENT ON FUNCTION ml.cancel(bigint) IS
 
 -- Worker: take the oldest queued training/evaluation job of the given kinds.
 CREATE OR REPLACE FUNCTION ml_internal.claim_job(worker bigint, kinds text[] DEFAULT '{train,evaluate}')
-RETURNS SETOF ml.jobs LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+RETURNS SETOF ml.jobs LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     UPDATE ml.jobs SET status = 'running', claimed_by = worker, attempts = attempts + 1,
         started_at = coalesce(started_at, now()), lease_until = now() + ml.setting('lease')::interval
     WHERE id = (SELECT id FROM ml.jobs WHERE status = 'queued' AND kind = ANY (kinds)
@@ -83,7 +83,7 @@ $$;
 -- anything but 'running' (cancelled, or handed to another worker) stops.
 CREATE OR REPLACE FUNCTION ml_internal.job_progress(job_id bigint, worker bigint, done bigint, total bigint,
                                            progress jsonb DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     st text;
 BEGIN
@@ -100,7 +100,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml_internal.job_finish(job_id bigint, worker bigint, status text, error text DEFAULT NULL,
                                          result jsonb DEFAULT NULL) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     UPDATE ml.jobs j SET status = job_finish.status, error = job_finish.error, result = job_finish.result,
         finished_at = now(), lease_until = NULL
     WHERE j.id = job_id AND j.claimed_by = worker AND j.status = 'running';
@@ -111,7 +111,7 @@ $$;
 -- Worker: per-row problems of a training/evaluation job (an unreadable image ...) into ml.errors;
 -- ml.jobs.failed counts them. Idempotent per row key, so a resumed job does not count a row twice.
 CREATE OR REPLACE FUNCTION ml_internal.job_errors(job_id bigint, keys text[], column_name text, errors text[]) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     INSERT INTO ml.errors (job_id, model, row_key, column_name, error)
     SELECT job_errors.job_id, (SELECT j.model FROM ml.jobs j WHERE j.id = job_errors.job_id), e.key,
            job_errors.column_name, e.error

@@ -2,7 +2,7 @@
 
 CREATE OR REPLACE FUNCTION ml.load_model(name text, kind text, source text DEFAULT NULL,
                                          options jsonb DEFAULT '{}') RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     k ml.model_kinds;
     existing ml.models;
@@ -61,7 +61,7 @@ COMMENT ON FUNCTION ml.load_model(text, text, text, jsonb) IS
 
 -- A model's weights changed (overwrite or a new training run): its columns are computed again.
 CREATE OR REPLACE FUNCTION ml_private._model_replaced(model_name text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     t ml.tasks;
     new_dim int := (SELECT dim FROM ml.models WHERE name = model_name);
@@ -84,7 +84,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.drop_model(name text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._model_drop(current_user, name)  -- the owner or pgsight_admin, and no column uses it
 $$;
 COMMENT ON FUNCTION ml.drop_model(text) IS

@@ -4,7 +4,7 @@
 -- The valid range of a numeric option: (low, high, integer?, low exclusive?). NULL: not a numeric option.
 CREATE OR REPLACE FUNCTION ml_private._option_range(key text, OUT low numeric, OUT high numeric, OUT whole boolean,
                                             OUT above boolean)
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.low, r.high, r.whole, r.above
     FROM (VALUES ('size', 1, 128, true, false), ('image_size', 8, 4096, true, false),
                  ('batch_size', 1, 65536, true, false), ('max_epochs', 1, 10000, true, false),
@@ -18,7 +18,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION ml_private._check_option(key text, val jsonb) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     r record;
     range_text text;
@@ -40,7 +40,7 @@ END $$;
 -- ml.load_model's options: known keys for the kinds defined in kinds.sql (a kind added by a plugin
 -- is checked by its worker), each in its range.
 CREATE OR REPLACE FUNCTION ml_private._check_load_options(kind text, options jsonb) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     known text[] := CASE kind WHEN 'pixels' THEN '{size}' WHEN 'clip' THEN '{}' WHEN 'simclr' THEN '{image_size}'
                               WHEN 'vilt' THEN '{image_size}' WHEN 'captioner' THEN '{}' WHEN 'dual_encoder' THEN '{}'

@@ -33,9 +33,19 @@ CREATE OR REPLACE FUNCTION ml_private._user_table_op(t ml.tasks, op text, keys t
                                              scores real[] DEFAULT NULL, ints int[] DEFAULT NULL)
 RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
                rls boolean, reader name)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     is_bytea boolean;
+    -- the key type's own `=` where an extension defines it (citext ...); else pg_catalog's, by name
+    -- (no schema a user may create in is on the search_path: docs/security.md)
+    eq text := coalesce((SELECT format('OPERATOR(%I.=)', n.nspname)
+                         FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+                         JOIN pg_operator o ON o.oprname = '=' AND o.oprleft = ty.oid AND o.oprright = ty.oid
+                              AND o.oprnamespace = ty.typnamespace AND o.oprowner = ty.typowner
+                         JOIN pg_namespace n ON n.oid = o.oprnamespace
+                         WHERE a.attrelid = t.table_name AND a.attnum = t.key_attnum LIMIT 1), '=');
+    vec text := (SELECT format('%I.vector', n.nspname) FROM pg_extension e
+                 JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector');
 BEGIN
     reader := current_user;
     IF op = 'probe' THEN
@@ -49,37 +59,40 @@ BEGIN
                     array_agg(x.src_bytes ORDER BY q.ord), array_agg(x.src_hash ORDER BY q.ord)
              FROM unnest($1::text[]) WITH ORDINALITY AS q(key, ord)
              LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, md5(y.%I) AS src_hash
-                                FROM %s y WHERE y.%I = q.key::%s LIMIT 1) x ON true',
+                                FROM %s y WHERE y.%I %s q.key::%s LIMIT 1) x ON true',
             CASE WHEN is_bytea THEN 'NULL::text' ELSE format('y.%I::text', t.source_col) END,
             CASE WHEN is_bytea THEN format('y.%I', t.source_col) ELSE 'NULL::bytea' END,
-            t.source_col, t.table_name, t.key_col, t.key_type)
+            t.source_col, t.table_name, t.key_col, eq, t.key_type)
         INTO got, texts, bytes, src_hashes USING keys;
         rls := row_security_active(t.table_name);
     ELSIF op = 'write' THEN
-        -- one statement: lock the rows no one else holds (SKIP LOCKED), write those whose source is unchanged
+        -- one statement: lock the rows no one else holds (SKIP LOCKED), write those whose source is
+        -- unchanged; out_ints: the positions of the keys whose rows it locked (a locked row not written
+        -- with its source unchanged was skipped by the table: a BEFORE UPDATE trigger returned NULL)
         EXECUTE format(
-            'WITH l AS (SELECT y.%I AS k FROM %s y WHERE y.%I = ANY ($1::%s[]) FOR UPDATE SKIP LOCKED),
-                  v AS MATERIALIZED (SELECT v.* FROM unnest($1::text[], $2::text[], $3::vector[], $4::text[], $5::real[])
-                                     AS v(key, h, vec, answer, score) WHERE v.key::%s IN (SELECT l.k FROM l)),
+            'WITH l AS (SELECT y.%I AS k FROM %s y WHERE y.%I %s ANY ($1::%s[]) FOR UPDATE SKIP LOCKED),
+                  v AS MATERIALIZED (SELECT v.* FROM unnest($1::text[], $2::text[], $3::%s[], $4::text[], $5::real[])
+                                     WITH ORDINALITY AS v(key, h, vec, answer, score, ord)
+                                     WHERE v.key::%s %s ANY (SELECT l.k FROM l)),
                   w AS (UPDATE %s x SET %s FROM v
-                        WHERE x.%I = v.key::%s AND x.%I = ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h
+                        WHERE x.%I %s v.key::%s AND x.%I %s ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h
                         RETURNING v.key)
-             SELECT coalesce(array_agg(w.key), ''{}'') FROM w',
-            t.key_col, t.table_name, t.key_col, t.key_type, t.key_type, t.table_name,
+             SELECT coalesce(array_agg(w.key), ''{}''), (SELECT array_agg(v.ord::int) FROM v) FROM w',
+            t.key_col, t.table_name, t.key_col, eq, t.key_type, vec, t.key_type, eq, t.table_name,
             CASE WHEN t.kind = 'embedding' THEN format('%I = v.vec', t.result_col)
                  ELSE format('%I = v.answer, %I = v.score', t.result_col, t.result_col || '_score') END,
-            t.key_col, t.key_type, t.key_col, t.key_type, t.source_col)
-        INTO wrote USING keys, hashes, vecs, answers, scores;
+            t.key_col, eq, t.key_type, t.key_col, eq, t.key_type, t.source_col)
+        INTO wrote, out_ints USING keys, hashes, vecs, answers, scores;
     ELSIF op = 'unchanged' THEN
         EXECUTE format('SELECT array_agg(q.i) FROM unnest($1::int[], $2::text[], $3::text[]) AS q(i, key, h) '
-                       'WHERE EXISTS (SELECT FROM %s y WHERE y.%I = q.key::%s AND md5(y.%I) IS NOT DISTINCT FROM q.h)',
-                       t.table_name, t.key_col, t.key_type, t.source_col)
+                       'WHERE EXISTS (SELECT FROM %s y WHERE y.%I %s q.key::%s AND md5(y.%I) IS NOT DISTINCT FROM q.h)',
+                       t.table_name, t.key_col, eq, t.key_type, t.source_col)
         INTO out_ints USING ints, keys, hashes;
     ELSIF op = 'clear' THEN
-        EXECUTE format('UPDATE %s x SET %I = NULL%s WHERE x.%I = $1::%s AND x.%I IS NOT NULL', t.table_name,
+        EXECUTE format('UPDATE %s x SET %I = NULL%s WHERE x.%I %s $1::%s AND x.%I IS NOT NULL', t.table_name,
                        t.result_col, CASE WHEN t.kind = 'prediction'
                                           THEN format(', %I = NULL', t.result_col || '_score') ELSE '' END,
-                       t.key_col, t.key_type, t.result_col)
+                       t.key_col, eq, t.key_type, t.result_col)
         USING keys[1];
     ELSIF op = 'index' THEN
         -- only the task's own index name and column, and one of pgvector's HNSW operator classes
@@ -100,7 +113,7 @@ END $$;
 -- A task, for the owner of its table (`who`, the current_user of ml_private._owner_exec): only asked from a
 -- worker's session or a session of that role (the task's names are not shown to other roles).
 CREATE OR REPLACE FUNCTION ml_private._owner_task(tid int, who name) RETURNS ml.tasks
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     t ml.tasks;
 BEGIN
@@ -122,7 +135,7 @@ CREATE OR REPLACE FUNCTION ml_private._owner_exec(tid int, op text, keys text[],
                                           scores real[], ints int[])
 RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
                rls boolean, reader name)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     t ml.tasks := ml_private._owner_task(tid, current_user);
 BEGIN
@@ -136,7 +149,7 @@ END $$;
 -- it away). Only for a role that owns the table of a task; the body is fixed. false when it cannot
 -- (no schema ml_owner, not a superuser): the caller then acts with its own rights.
 CREATE OR REPLACE FUNCTION ml_private._owner_fn(role_oid oid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     fn text := 'u' || role_oid;
     vec text := (SELECT format('%I.vector', extnamespace::regnamespace) FROM pg_extension WHERE extname = 'vector');
@@ -160,7 +173,7 @@ BEGIN
                                      scores real[], ints int[])
          RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
                         rls boolean, reader name)
-         LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public, ml
+         LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp
          AS %L', fn, vec, 'SELECT * FROM ml_private._owner_exec(tid, op, keys, hashes, vecs, answers, scores, ints)');
     EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', sig);
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgsight_worker') THEN
@@ -180,7 +193,7 @@ CREATE OR REPLACE FUNCTION ml_private._as_owner(t ml.tasks, op text, keys text[]
                                         scores real[] DEFAULT NULL, ints int[] DEFAULT NULL)
 RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], out_ints int[], wrote text[],
                rls boolean, reader name)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     owner_oid oid := (SELECT relowner FROM pg_class WHERE oid = t.table_name);
     fn text := 'u' || owner_oid;
@@ -204,7 +217,7 @@ END $$;
 -- Nobody but a superuser changes a function of ml_owner: its owner (the tenant) could otherwise
 -- replace it, or make it SECURITY INVOKER, between the worker's check and its call.
 CREATE OR REPLACE FUNCTION ml_private._on_owner_fn_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() c WHERE c.schema_name = 'ml_owner')
        AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN

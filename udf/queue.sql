@@ -2,26 +2,26 @@
 -- one place; batch size is a parameter; attempts are counted at claim time.
 
 CREATE OR REPLACE FUNCTION ml_internal.worker_register(hostname text, pid int, device text, info jsonb DEFAULT '{}')
-RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+RETURNS bigint LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     INSERT INTO ml.workers (hostname, pid, device, info) VALUES (hostname, pid, device, info) RETURNING id
 $$;
 
 -- false when the worker was reaped (it was silent too long): it must register again.
 CREATE OR REPLACE FUNCTION ml_internal.worker_heartbeat(worker bigint) RETURNS boolean
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     WITH u AS (UPDATE ml.workers SET heartbeat_at = now() WHERE id = worker RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM u)
 $$;
 
 -- Hand back the rows a worker claimed (after it lost its connection mid-batch, or on exit).
 CREATE OR REPLACE FUNCTION ml_internal.worker_release(worker bigint) RETURNS int
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     WITH r AS (UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL WHERE claimed_by = worker RETURNING 1)
     SELECT count(*)::int FROM r
 $$;
 
 CREATE OR REPLACE FUNCTION ml_internal.worker_unregister(worker bigint) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_internal.worker_release(worker);
     UPDATE ml.jobs SET status = 'queued', claimed_by = NULL, lease_until = NULL
         WHERE claimed_by = worker AND status = 'running' AND kind <> 'backfill';
@@ -31,7 +31,7 @@ $$;
 
 -- Hand the work of dead workers (no heartbeat for worker_timeout) and of expired leases to others.
 CREATE OR REPLACE FUNCTION ml_internal.reap() RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     dead bigint[];
     n int := 0;
@@ -78,7 +78,7 @@ END $$;
 -- queue: 0.4 s per 256-row claim at 100k queued rows instead of 0.4 ms (docs/scale.md).
 CREATE OR REPLACE FUNCTION ml_internal.claim(worker bigint, n int)
 RETURNS TABLE (queue_id bigint, task_id int, key text, present boolean, src text, src_bytes bytea, src_hash text)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET lock_timeout = '200ms' SET enable_sort = off SET enable_seqscan = off AS $$
 DECLARE
@@ -203,7 +203,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ml_internal.task_info(tid int)
 RETURNS TABLE (id int, kind text, table_name text, model text, model_kind text, model_version int,
                source_col text, result_col text, modality text, question text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT t.id, t.kind, t.table_name::text, t.model, m.kind, m.version, t.source_col, t.result_col,
            t.modality, t.question
     FROM ml_private._task(tid) t JOIN ml.models m ON m.name = t.model WHERE t.id IS NOT NULL
@@ -211,7 +211,7 @@ $$;
 
 -- Remove finished rows from the queue and count them on their jobs.
 CREATE OR REPLACE FUNCTION ml_internal._complete(worker bigint, queue_ids bigint[], as_failed boolean) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     WITH d AS (
         DELETE FROM ml.queue WHERE id = ANY (queue_ids) AND claimed_by = worker RETURNING job_id, attempts
     ), c AS (
@@ -231,7 +231,7 @@ $$;
 -- dead-lettered; an error of every row is the task's (ml_internal._task_failed).
 CREATE OR REPLACE FUNCTION ml_internal._write_back(worker bigint, tid int, queue_ids bigint[], keys text[], hashes text[],
                                           vecs vector[], answers text[], scores real[]) RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
@@ -315,25 +315,25 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml_internal.write_embeddings(worker bigint, tid int, queue_ids bigint[], keys text[],
                                                hashes text[], vecs vector[]) RETURNS int
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_internal._write_back(worker, tid, queue_ids, keys, hashes, vecs, NULL, NULL)
 $$;
 
 CREATE OR REPLACE FUNCTION ml_internal.write_predictions(worker bigint, tid int, queue_ids bigint[], keys text[],
                                                 hashes text[], answers text[], scores real[]) RETURNS int
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_internal._write_back(worker, tid, queue_ids, keys, hashes, NULL, answers, scores)
 $$;
 
 CREATE OR REPLACE FUNCTION ml_internal._forget_errors(tid int, keys text[]) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     DELETE FROM ml.errors e WHERE e.task_id = tid AND e.row_key = ANY (keys)
       AND EXISTS (SELECT 1 FROM ml.errors e2 WHERE e2.task_id = tid)
 $$;
 
 -- Rows that cannot be computed (missing file, corrupt image ...): NULL result, one line in ml.errors.
 CREATE OR REPLACE FUNCTION ml_internal.fail_rows(worker bigint, tid int, queue_ids bigint[], keys text[], errors text[])
-RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET lock_timeout = '200ms' AS $$
 DECLARE
@@ -360,7 +360,7 @@ END $$;
 -- A batch failed for a passing reason (the model crashed, the device ran out of memory ...): try the
 -- rows again later with exponential backoff; after max_attempts they become per-row errors.
 CREATE OR REPLACE FUNCTION ml_internal.retry_rows(worker bigint, tid int, queue_ids bigint[], error text) RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     max_attempts int := ml.setting('max_attempts')::int;
     dead_ids bigint[];
@@ -380,7 +380,7 @@ END $$;
 
 -- Backfills with no rows left are done. Called by workers after each batch (cheap: two indexes).
 CREATE OR REPLACE FUNCTION ml_internal.finish_jobs() RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     n int;
 BEGIN

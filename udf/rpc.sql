@@ -23,7 +23,7 @@
 -- SECURITY DEFINER: only it and ml_private._rpc_submit read ml.loopback; a caller may only sign for a role
 -- its session user belongs to, as ml_private._loopback_open checks.
 CREATE OR REPLACE FUNCTION ml_private._rpc_ticket(who name, token_hash bytea) RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     secret bytea := (SELECT l.secret FROM ml.loopback l);
 BEGIN
@@ -42,7 +42,7 @@ END $$;
 -- SECURITY DEFINER: ml.rpc is writable by the worker only.
 CREATE OR REPLACE FUNCTION ml_private._rpc_submit(op text, model text, payload jsonb, image bytea, who name,
                                           token_hash bytea, waiter bigint, ticket text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     secret bytea := (SELECT l.secret FROM ml.loopback l);
     rid bigint;
@@ -67,7 +67,7 @@ END $$;
 -- snapshot at every call.
 CREATE OR REPLACE FUNCTION ml_private._rpc_state(waiter bigint, token text, OUT id bigint, OUT status text, OUT vec text,
                                          OUT response text, OUT error text, OUT claimed_by bigint)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     SELECT r.id, r.status, r.vec::text, r.response::text, r.error, r.claimed_by
     INTO id, status, vec, response, error, claimed_by
@@ -76,7 +76,7 @@ END $$;
 
 -- Runs in the loopback session: delete a request, for whoever presents its token.
 CREATE OR REPLACE FUNCTION ml_private._rpc_forget(rid bigint, token text) RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     DELETE FROM ml.rpc r WHERE r.id = rid AND r.token_hash = sha256(convert_to(token, 'UTF8'));
 END $$;
@@ -85,7 +85,7 @@ END $$;
 -- caller starts polling at once (the loopback's answer is read as soon as it has come).
 CREATE OR REPLACE FUNCTION ml_private._rpc(op text, model text, payload jsonb, image bytea, timeout interval DEFAULT NULL,
                                    OUT vec text, OUT response text)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     wait interval := coalesce(timeout, ml.setting('rpc_timeout')::interval);
     own_snapshot boolean := current_setting('transaction_isolation') = 'read committed';
@@ -114,15 +114,15 @@ BEGIN
     BEGIN  -- a subtransaction: the locks taken here are released when it ends (see the RAISE below)
         PERFORM pg_advisory_xact_lock(waiter);  -- "someone waits for this request"
         in_dblink := true;
-        PERFORM dblink_send_query(conn, format(
+        PERFORM public.dblink_send_query(conn, format(
             'SELECT ml_private._rpc_submit(%L, %L, %L::jsonb, %L::bytea, %L, %L::bytea, %s, %L)', op, model, payload,
             image, current_user, hash, waiter, ml_private._rpc_ticket(current_user, hash)));
         deadline := pg_catalog.clock_timestamp() + wait;
         LOOP
-            IF in_dblink AND (NOT own_snapshot OR st IN ('done', 'error', 'timeout') OR dblink_is_busy(conn) = 0) THEN
+            IF in_dblink AND (NOT own_snapshot OR st IN ('done', 'error', 'timeout') OR public.dblink_is_busy(conn) = 0) THEN
                 -- the submit has answered (committed): read its answer; a refusal is raised here
-                PERFORM 1 FROM dblink_get_result(conn) AS t(id bigint);
-                PERFORM 1 FROM dblink_get_result(conn) AS t(id bigint);
+                PERFORM 1 FROM public.dblink_get_result(conn) AS t(id bigint);
+                PERFORM 1 FROM public.dblink_get_result(conn) AS t(id bigint);
                 in_dblink := false;
                 submitted := true;
             END IF;
@@ -132,7 +132,7 @@ BEGIN
             ELSE
                 in_dblink := true;
                 SELECT r.id, r.status, r.vec, r.response, r.error, r.claimed_by INTO rid, st, vec, response, err, claimer
-                FROM dblink(conn, format('SELECT * FROM ml_private._rpc_state(%s, %L)', waiter, token))
+                FROM public.dblink(conn, format('SELECT * FROM ml_private._rpc_state(%s, %L)', waiter, token))
                      AS r(id bigint, status text, vec text, response text, error text, claimed_by bigint);
                 in_dblink := false;
             END IF;
@@ -172,11 +172,11 @@ BEGIN
         WHEN query_canceled THEN  -- cancel or statement_timeout: with no waiter, the worker drops it
             BEGIN
                 IF in_dblink THEN  -- interrupted mid-call: that connection is busy, take a fresh one
-                    PERFORM dblink_disconnect(conn);
+                    PERFORM public.dblink_disconnect(conn);
                     conn := ml_private._loopback();
                 END IF;
                 IF rid IS NOT NULL THEN
-                    PERFORM 1 FROM dblink(conn, format('SELECT ml_private._rpc_forget(%s, %L)', rid, token)) AS t(x text);
+                    PERFORM 1 FROM public.dblink(conn, format('SELECT ml_private._rpc_forget(%s, %L)', rid, token)) AS t(x text);
                 END IF;
             EXCEPTION WHEN OTHERS THEN
                 NULL;  -- the worker drops it anyway: nobody waits for it
@@ -184,12 +184,12 @@ BEGIN
             RAISE;
         WHEN OTHERS THEN
             IF in_dblink THEN  -- e.g. the submit was refused: leave a clean connection for the next call
-                PERFORM dblink_disconnect(conn);
+                PERFORM public.dblink_disconnect(conn);
             END IF;
             RAISE;
     END;
     IF rid IS NOT NULL THEN
-        PERFORM 1 FROM dblink(conn, format('SELECT ml_private._rpc_forget(%s, %L)', rid, token)) AS t(x text);
+        PERFORM 1 FROM public.dblink(conn, format('SELECT ml_private._rpc_forget(%s, %L)', rid, token)) AS t(x text);
     END IF;
     IF st = 'timeout' OR st IS NULL THEN
         RAISE EXCEPTION 'pgsight: no worker answered % for model % within %', op, coalesce(model, '-'), wait
@@ -202,14 +202,14 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml_private._rpc_json(op text, model text, payload jsonb, image bytea,
                                         timeout interval DEFAULT NULL) RETURNS jsonb
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT (ml_private._rpc(op, model, payload, image, timeout)).response::jsonb
 $$;
 
 -- The query embedding of (model, input), cached for the session: the planner evaluates a STABLE
 -- function in ORDER BY several times per query, and users repeat searches.
 CREATE OR REPLACE FUNCTION ml_private._embed(modality text, model_name text, input text, image bytea) RETURNS vector
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models;
     mods text[];
@@ -233,30 +233,30 @@ BEGIN
     slot := 'pgsight.cache_' || (('x' || substr(cache_key, 1, 2))::bit(8)::int % 16);
     cached := current_setting(slot, true);
     IF cached IS NOT NULL AND left(cached, 32) = cache_key THEN
-        RETURN substr(cached, 34)::vector;
+        RETURN substr(cached, 34)::public.vector;
     END IF;
     v := (ml_private._rpc('embed', model_name,
                   jsonb_build_object('modality', modality, 'input', input, 'version', m.version), image)).vec;
     PERFORM set_config(slot, cache_key || ':' || v, false);
-    RETURN v::vector;
+    RETURN v::public.vector;
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.embed_image(model text, image text) RETURNS vector
-LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._embed('image', model, image, NULL)
 $$;
 COMMENT ON FUNCTION ml.embed_image(text, text) IS
     'embed_image(model, image path or URL) -> vector. Computed by a worker at query time (for search).';
 
 CREATE OR REPLACE FUNCTION ml.embed_image(model text, image bytea) RETURNS vector
-LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._embed('image', model, NULL, image)
 $$;
 COMMENT ON FUNCTION ml.embed_image(text, bytea) IS
     'embed_image(model, image bytes) -> vector. Computed by a worker at query time.';
 
 CREATE OR REPLACE FUNCTION ml.embed_text(model text, input text) RETURNS vector
-LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._embed('text', model, input, NULL)
 $$;
 COMMENT ON FUNCTION ml.embed_text(text, text) IS
@@ -265,7 +265,7 @@ COMMENT ON FUNCTION ml.embed_text(text, text) IS
 -- Visual question answering at query time: the top k answers with their scores.
 CREATE OR REPLACE FUNCTION ml_private._answers(model_name text, input text, image bytea, question text, k int)
 RETURNS TABLE (answer text, score real)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models;
 BEGIN
@@ -289,7 +289,7 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ml.answers(model text, image text, question text, k int DEFAULT 5)
 RETURNS TABLE (answer text, score real)
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT * FROM ml_private._answers(model, image, NULL, question, k)
 $$;
 COMMENT ON FUNCTION ml.answers(text, text, text, integer) IS
@@ -297,21 +297,21 @@ COMMENT ON FUNCTION ml.answers(text, text, text, integer) IS
 
 CREATE OR REPLACE FUNCTION ml.answers(model text, image bytea, question text, k int DEFAULT 5)
 RETURNS TABLE (answer text, score real)
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT * FROM ml_private._answers(model, NULL, image, question, k)
 $$;
 COMMENT ON FUNCTION ml.answers(text, bytea, text, integer) IS
     'answers(model, image bytes, question, k DEFAULT 5) -> the k best (answer, score), best first (VQA).';
 
 CREATE OR REPLACE FUNCTION ml.answer(model text, image text, question text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT answer FROM ml_private._answers(model, image, NULL, question, 1)
 $$;
 COMMENT ON FUNCTION ml.answer(text, text, text) IS
     'answer(model, image path or URL, question) -> the best answer (VQA).';
 
 CREATE OR REPLACE FUNCTION ml.answer(model text, image bytea, question text) RETURNS text
-LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT answer FROM ml_private._answers(model, NULL, image, question, 1)
 $$;
 COMMENT ON FUNCTION ml.answer(text, bytea, text) IS
@@ -321,7 +321,7 @@ COMMENT ON FUNCTION ml.answer(text, bytea, text) IS
 -- The claimer takes each request's advisory lock (session level) and keeps it until ml_internal.rpc_reply, or
 -- until its connection ends: the caller sleeps on it (see ml_private._rpc).
 CREATE OR REPLACE FUNCTION ml_internal.rpc_claim(worker bigint, n int) RETURNS SETOF ml.rpc
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     r ml.rpc;
 BEGIN
@@ -337,7 +337,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml_internal.rpc_reply(ids bigint[], vecs vector[], responses jsonb[], errors text[]) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     UPDATE ml.rpc r SET status = CASE WHEN v.error IS NULL THEN 'done' ELSE 'error' END,
         vec = v.vec, response = v.response, error = v.error

@@ -7,7 +7,7 @@
 -- `who`, when this session may act for it (its login role is a member of `who`); raises otherwise.
 -- `loopback_ok`: the configured loopback role may act for others (it submits a user's evaluation).
 CREATE OR REPLACE FUNCTION ml_internal._acting(who name, loopback_ok boolean DEFAULT false) RETURNS name
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     IF who IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = who) THEN
         RAISE EXCEPTION 'pgsight: no role %', coalesce(quote_literal(who), 'NULL') USING ERRCODE = 'insufficient_privilege';
@@ -24,7 +24,7 @@ END $$;
 -- May `who` change a row that belongs to `owner`? Its owner (or a member of it), pgsight_admin, a
 -- worker, or a superuser. A row without owner (made before ownership existed) only the last three.
 CREATE OR REPLACE FUNCTION ml_private._may_change(who name, owner name) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     r text;
 BEGIN
@@ -48,7 +48,7 @@ END $$;
 
 -- The name of a job's snapshot table: the rows its query returned at submission.
 CREATE OR REPLACE FUNCTION ml_private._snapshot_name(job_id bigint) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'snapshot_' || job_id
 $$;
 
@@ -59,7 +59,7 @@ $$;
 -- worker reads the snapshot.
 CREATE OR REPLACE FUNCTION ml_private._job_submit(who name, kind text, model text, params jsonb, col_names text[],
                                           col_types regtype[], rows jsonb DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     jid bigint;
     snap text;
@@ -117,7 +117,7 @@ END $$;
 
 -- The caller filled its job's snapshot: take back its INSERT, count the rows, wake a worker.
 CREATE OR REPLACE FUNCTION ml_private._snapshot_seal(job_id bigint, who name) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     j ml.jobs := (SELECT j FROM ml.jobs j WHERE j.id = job_id);
     snap text := ml_private._snapshot_name(job_id);
@@ -139,7 +139,7 @@ END $$;
 -- Drop the snapshot of a job that is over (the worker calls it when the job ends). Anyone may: it
 -- only frees what no one will read again. Does not wait for a reader's lock.
 CREATE OR REPLACE FUNCTION ml_internal._snapshot_drop(job_id bigint) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml SET lock_timeout = '2s' AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp SET lock_timeout = '2s' AS $$
 DECLARE
     snap text := ml_private._snapshot_name(job_id);
 BEGIN
@@ -157,7 +157,7 @@ END $$;
 -- ml.cancel: a job of the caller's (or any, for pgsight_admin). A queued job's snapshot goes at once;
 -- a running one's when its worker notices.
 CREATE OR REPLACE FUNCTION ml_private._job_cancel(job_id bigint, who name) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     j ml.jobs := (SELECT j FROM ml.jobs j WHERE j.id = job_id FOR UPDATE);
 BEGIN
@@ -180,7 +180,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ml_private._task_add(who name, tbl regclass, task_kind text, model_name text, source_col text,
                                         result_col text, modality text, question text, key_col text, key_type text,
                                         index_name text) RETURNS int
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     tid int;
 BEGIN
@@ -209,7 +209,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml_private._task_index_state(tid int, who name, state text) RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     PERFORM ml_internal._acting(who);
     IF NOT ml_private._may_change(who, (SELECT t.owner FROM ml.tasks t WHERE t.id = tid)) THEN
@@ -221,7 +221,7 @@ END $$;
 -- Queue the given keys of a task's table in a new backfill job (the caller read them with its own
 -- rights); the task records the model version it is computed with. Returns the job id.
 CREATE OR REPLACE FUNCTION ml_private._backfill_job(tid int, who name, keys text[]) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     t ml.tasks := (SELECT t FROM ml.tasks t WHERE t.id = tid);
     v int := (SELECT m.version FROM ml.models m WHERE m.name = t.model);
@@ -248,7 +248,7 @@ END $$;
 -- Forget the tasks (NULL: all) whose table or result column is gone: their queue rows, open jobs
 -- and the task itself. Anyone may: a task without its column is nothing to keep.
 CREATE OR REPLACE FUNCTION ml_private._tasks_forget(tids int[]) RETURNS int
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     gone int[];
 BEGIN
@@ -271,7 +271,7 @@ END $$;
 -- not while other roles' columns use it. Returns true when it replaced one (its old files are gone).
 CREATE OR REPLACE FUNCTION ml_private._model_put(who name, model_name text, model_kind text, source text, dim int,
                                          options jsonb, info jsonb) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     old ml.models := (SELECT m FROM ml.models m WHERE m.name = model_name FOR UPDATE);
     v int;
@@ -297,7 +297,7 @@ END $$;
 -- Raises unless `who` may replace or drop model `m`: its owner or an admin, and no other role's
 -- column uses it.
 CREATE OR REPLACE FUNCTION ml_private._check_model_change(who name, m ml.models) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     others text;
 BEGIN
@@ -315,7 +315,7 @@ END $$;
 
 -- ml.drop_model: the owner (or an admin) drops a model no column uses.
 CREATE OR REPLACE FUNCTION ml_private._model_drop(who name, model_name text) RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models := (SELECT m FROM ml.models m WHERE m.name = model_name FOR UPDATE);
     users text;
@@ -333,4 +333,14 @@ BEGIN
     END IF;
     DELETE FROM ml.blobs b WHERE starts_with(b.key, 'model/' || model_name || '/');
     DELETE FROM ml.models x WHERE x.name = model_name;
+END $$;
+
+-- The trigger function that gives each ml.errors row its owner lives in a run-once file (0003): its
+-- search_path gets pg_temp last, like every function here (a session's temporary schema is otherwise
+-- searched first for relations and types).
+DO $$
+BEGIN
+    IF to_regprocedure('ml_private._error_owner()') IS NOT NULL THEN
+        ALTER FUNCTION ml_private._error_owner() SET search_path = pg_catalog, ml, pg_temp;
+    END IF;
 END $$;

@@ -6,7 +6,7 @@
 CREATE OR REPLACE FUNCTION ml.status_jobs(recent interval DEFAULT '10 minutes', max_rows int DEFAULT 50)
 RETURNS TABLE (id bigint, kind text, model text, table_name text, status text, done bigint, failed bigint,
                total bigint, rows_per_s real, eta interval, elapsed interval, error text, progress jsonb)
-LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT j.id, j.kind, j.model, j.table_name, j.status, j.done, j.failed, j.total, r.rate::real,
            CASE WHEN j.status = 'running' AND r.rate > 0 AND j.total IS NOT NULL AND j.total > j.done
                 THEN make_interval(secs => (j.total - j.done) / r.rate) END,
@@ -30,7 +30,7 @@ COMMENT ON FUNCTION ml.status_jobs(interval, integer) IS
 CREATE OR REPLACE FUNCTION ml.status_workers()
 RETURNS TABLE (id bigint, hostname text, pid int, device text, alive boolean, heartbeat_age interval,
                started_at timestamptz, info jsonb)
-LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT w.id, w.hostname, w.pid, w.device,
            w.heartbeat_at > now() - ml.setting('worker_timeout')::interval,
            now() - w.heartbeat_at, w.started_at, w.info
@@ -46,7 +46,7 @@ COMMENT ON FUNCTION ml.status_workers() IS
 CREATE OR REPLACE FUNCTION ml.status_backlog()
 RETURNS TABLE (table_name text, result_col text, model text, task_kind text, pending bigint, in_flight bigint,
                retrying bigint, oldest_pending interval, errors bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT t.table_name::text, t.result_col, t.model, t.kind,
            q.pending, q.in_flight, q.retrying, now() - q.oldest, e.n
     FROM ml.tasks t
@@ -68,7 +68,7 @@ COMMENT ON FUNCTION ml.status_backlog() IS
 -- Per-row failures grouped by column, newest first, with the latest message.
 CREATE OR REPLACE FUNCTION ml.status_errors(max_rows int DEFAULT 20)
 RETURNS TABLE (table_name text, column_name text, model text, errors bigint, last_error text, last_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT e.table_name, e.column_name, e.model, count(*),
            (array_agg(e.error ORDER BY e.at DESC, e.id DESC))[1], max(e.at)
     FROM ml.errors e

@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION ml_private._check_task(task_kind text, tbl regclass, model_name text, source_col text,
                                           result_col text, modality text, question text)
 RETURNS TABLE (key_col text, key_type text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     m ml.models;
     k ml.model_kinds;
@@ -114,7 +114,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ml_private._install_task(task_kind text, tbl regclass, model_name text, source_col text,
                                             result_col text, modality text, question text,
                                             index_mode text DEFAULT 'auto') RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     chk record;
     m ml.models := (SELECT m FROM ml.models m WHERE name = model_name);
@@ -183,7 +183,7 @@ END $$;
 -- rows/s, bench/bench_capacity.py), and exact scans read vectors without detoasting. Larger vectors keep the type's storage (out of line), so that
 -- a row always fits its page. docs/scale.md.
 CREATE OR REPLACE FUNCTION ml_private._result_storage(tbl regclass, col text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     bytes int := (SELECT a.atttypmod * CASE t.typname WHEN 'halfvec' THEN 2 ELSE 4 END + 8
                   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -197,7 +197,7 @@ END $$;
 -- An index name no other relation of the table's schema has (a long table name truncated to 63
 -- characters would otherwise give two result columns the same name).
 CREATE OR REPLACE FUNCTION ml_private._unique_index_name(tbl regclass, result_col text) RETURNS text
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     ns oid := (SELECT relnamespace FROM pg_class WHERE oid = tbl);
     base text := format('%s_%s_hnsw', (SELECT relname FROM pg_class WHERE oid = tbl), result_col);
@@ -218,7 +218,7 @@ END $$;
 -- not the table's owner, and only the owner may CREATE INDEX: it builds it as the owner
 -- (ml_private._as_owner); the owner (or a superuser) builds it with its own rights, as before.
 CREATE OR REPLACE FUNCTION ml_private._create_index(tid int) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET maintenance_work_mem = '256MB' AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp SET maintenance_work_mem = '256MB' AS $$
 DECLARE
     t ml.tasks := ml_private._task(tid);
     metric text := (SELECT metric FROM ml.models WHERE name = t.model);
@@ -258,7 +258,7 @@ END $$;
 -- dies mid-build leaves the task pending for the next one. The table's lock is waited for briefly
 -- (lock_timeout), with no other lock held but the task row's, so a user's DDL is never a deadlock victim.
 CREATE OR REPLACE FUNCTION ml_internal.build_pending_index(worker bigint) RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml SET lock_timeout = '200ms' AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp SET lock_timeout = '200ms' AS $$
 DECLARE
     tid int;
     t ml.tasks;
@@ -291,7 +291,7 @@ END $$;
 -- The worker role (pgsight_worker) reads exactly the key and source columns of a task's table and
 -- writes exactly its result columns: column privileges, granted by the table's owner at creation.
 CREATE OR REPLACE FUNCTION ml_private._grant_worker(tid int, grant_it boolean) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     t ml.tasks := ml_private._task(tid);
     results text;
@@ -316,7 +316,7 @@ END $$;
 -- caller's rights; ml_private._backfill_job (SECURITY DEFINER) queues them. Keys are written as text under
 -- fixed settings (the SET clauses), so that they read back whatever the session's DateStyle.
 CREATE OR REPLACE FUNCTION ml_private._backfill(tid int) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -333,7 +333,7 @@ END $$;
 -- statement: whatever goes wrong is recorded on the task (ml.tasks.error) and the statement goes on.
 -- Keys are cast to text under fixed settings (see ml_private._backfill).
 CREATE OR REPLACE FUNCTION ml_private._on_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -360,7 +360,7 @@ END $$;
 
 -- Row trigger of partitioned tables (cloned onto each partition).
 CREATE OR REPLACE FUNCTION ml_private._on_insert_row() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -386,7 +386,7 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml_private._on_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp
 SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' AS $$
 DECLARE
@@ -411,7 +411,7 @@ END $$;
 -- A trigger could not queue rows: say so on the task (ml.tasks.error, `pgsight status`) and in the
 -- server log, and let the user's statement go on.
 CREATE OR REPLACE FUNCTION ml_internal._trigger_failed(tid int, err text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     RAISE WARNING 'pgsight: could not queue rows of task %: %', tid, err;
     UPDATE ml.tasks SET state = 'failing', error = 'queueing new rows: ' || err, failed_at = now() WHERE id = tid;
@@ -423,7 +423,7 @@ END $$;
 -- commit and wait in one statement: CALL ml.create_embedding_and_wait(...) (udf/ddl.sql).
 CREATE OR REPLACE FUNCTION ml_private._create_task(task_kind text, tbl regclass, model_name text, source_col text,
                                            result_col text, modality text, question text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 BEGIN
     RETURN ml_private._install_task(task_kind, tbl, model_name, source_col, result_col, modality, question, ml.setting('index'));
 END $$;
@@ -431,7 +431,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ml.create_embedding(table_name regclass, model text, source_col text,
                                                result_col text DEFAULT 'embedding',
                                                modality text DEFAULT 'image') RETURNS bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._create_task('embedding', table_name, model, source_col, result_col, modality, NULL)
 $$;
 COMMENT ON FUNCTION ml.create_embedding(regclass, text, text, text, text) IS
@@ -442,7 +442,7 @@ COMMENT ON FUNCTION ml.create_embedding(regclass, text, text, text, text) IS
 
 CREATE OR REPLACE FUNCTION ml.create_prediction(table_name regclass, model text, image_col text, question text,
                                                 result_col text DEFAULT 'predict_result') RETURNS bigint
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._create_task('prediction', table_name, model, image_col, result_col, 'image', question)
 $$;
 COMMENT ON FUNCTION ml.create_prediction(regclass, text, text, text, text) IS
@@ -452,7 +452,7 @@ COMMENT ON FUNCTION ml.create_prediction(regclass, text, text, text, text) IS
 
 -- Works whatever happened to the table since (columns renamed, source dropped ...).
 CREATE OR REPLACE FUNCTION ml_private._drop_task(task_kind text, tbl regclass, col text) RETURNS void
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     tid int;
     t ml.tasks;
@@ -478,7 +478,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml.drop_embedding(table_name regclass, result_col text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._drop_task('embedding', table_name, result_col)
 $$;
 COMMENT ON FUNCTION ml.drop_embedding(regclass, text) IS
@@ -486,7 +486,7 @@ COMMENT ON FUNCTION ml.drop_embedding(regclass, text) IS
     'errors.';
 
 CREATE OR REPLACE FUNCTION ml.drop_prediction(table_name regclass, result_col text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT ml_private._drop_task('prediction', table_name, result_col)
 $$;
 COMMENT ON FUNCTION ml.drop_prediction(regclass, text) IS

@@ -3,7 +3,7 @@
 
 -- Checks options against the kind's defaults; returns the defaults merged with the options.
 CREATE OR REPLACE FUNCTION ml_private._train_options(kind text, options jsonb) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     defaults jsonb := (SELECT k.train_options FROM ml.model_kinds k WHERE k.kind = _train_options.kind);
     key text;
@@ -68,7 +68,7 @@ $$;
 
 -- The SELECT list that casts a query's columns to their snapshot types.
 CREATE OR REPLACE FUNCTION ml_private._snapshot_select(names text[], types pg_catalog.regtype[]) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg(format('q.%I::%s', c.name, c.typ), ', ' ORDER BY c.i)
     FROM unnest(names, types) WITH ORDINALITY AS c(name, typ, i)
 $$;
@@ -129,7 +129,7 @@ COMMENT ON FUNCTION ml.build_model(text, text, text, jsonb) IS
 
 -- Worker: a training job finished; its weights were written under ml.blobs 'job/<id>/model/'.
 CREATE OR REPLACE FUNCTION ml_internal.register_trained(job_id bigint, dim int, info jsonb) RETURNS int
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     j ml.jobs := (SELECT j FROM ml.jobs j WHERE id = job_id);
     v int;
@@ -160,9 +160,9 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ml_private._job_result(jid bigint, OUT result jsonb, OUT error text)
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, ml AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT r.result::jsonb, r.error
-    FROM dblink(ml_private._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s AND ml_private._may_change(%L, owner)',
+    FROM public.dblink(ml_private._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s AND ml_private._may_change(%L, owner)',
                                        jid, current_user))
          AS r(result text, error text)
 $$;
