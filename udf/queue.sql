@@ -241,6 +241,9 @@ DECLARE
     rest_ix int[];
     later_ix int[];
     later bigint[];
+    locked int[] := '{}';
+    l int[];
+    skipped int[];
     done_ids bigint[];
     done_keys text[];
     bad int[] := '{}';
@@ -257,7 +260,8 @@ BEGIN
     -- one statement, as the table's owner: lock the rows no one else holds (SKIP LOCKED), write those
     -- whose source is unchanged (ml_private._user_table_op)
     BEGIN
-        SELECT o.wrote INTO wrote FROM ml_private._as_owner(t, 'write', keys, hashes, vecs, answers, scores) o;
+        SELECT o.wrote, coalesce(o.out_ints, '{}') INTO wrote, locked
+        FROM ml_private._as_owner(t, 'write', keys, hashes, vecs, answers, scores) o;
     EXCEPTION WHEN lock_not_available THEN  -- the table itself is held (a user's DDL): all of them later
         UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
             not_before = now() + interval '1 second'
@@ -266,9 +270,12 @@ BEGIN
     WHEN OTHERS THEN
         FOR ix IN 1 .. cardinality(keys) LOOP  -- which rows? one by one
             BEGIN
-                SELECT o.wrote INTO w FROM ml_private._as_owner(t, 'write', ARRAY[keys[ix]], ARRAY[hashes[ix]], ARRAY[vecs[ix]],
-                                                        ARRAY[answers[ix]], ARRAY[scores[ix]]) o;
+                SELECT o.wrote, o.out_ints INTO w, l FROM ml_private._as_owner(t, 'write', ARRAY[keys[ix]], ARRAY[hashes[ix]],
+                                                        ARRAY[vecs[ix]], ARRAY[answers[ix]], ARRAY[scores[ix]]) o;
                 wrote := wrote || w;
+                IF l IS NOT NULL THEN
+                    locked := locked || ix;
+                END IF;
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
                 bad := bad || ix;
@@ -281,16 +288,29 @@ BEGIN
             RETURN 0;
         END IF;
     END;
-    -- rows not written: deleted or source changed since (done: a change queued the row again), or held
-    -- by a user transaction (handed back for a retry in a second, without counting the attempt). Told
-    -- apart by the committed source, never by a lock that may have been released meanwhile.
+    -- rows not written: deleted or source changed since (done: a change queued the row again), held
+    -- by a user transaction (handed back for a retry in a second, without counting the attempt), or
+    -- locked by the write itself and skipped by the table (a BEFORE UPDATE trigger returned NULL: the
+    -- row's error, retried, then dead-lettered; never handed back forever). Told apart by the committed
+    -- source and the write's own locks, never by a lock that may have been released meanwhile.
     SELECT array_agg(i) INTO rest_ix FROM generate_subscripts(keys, 1) i
     WHERE NOT keys[i] = ANY (wrote) AND NOT i = ANY (bad);
     IF rest_ix IS NOT NULL THEN
         SELECT o.out_ints INTO later_ix
         FROM ml_private._as_owner(t, 'unchanged', ARRAY(SELECT keys[i] FROM unnest(rest_ix) i),
                           ARRAY(SELECT hashes[i] FROM unnest(rest_ix) i), ints => rest_ix) o;
-        later := ARRAY(SELECT queue_ids[i] FROM unnest(coalesce(later_ix, '{}')) i);
+        later := ARRAY(SELECT queue_ids[i] FROM unnest(coalesce(later_ix, '{}')) i WHERE NOT i = ANY (locked));
+        skipped := ARRAY(SELECT i FROM unnest(coalesce(later_ix, '{}')) i WHERE i = ANY (locked));
+        IF cardinality(skipped) > 0 THEN
+            msg := format('writing the result: %s skipped the update of this row (a BEFORE UPDATE trigger returned NULL)',
+                          t.table_name);
+            IF cardinality(skipped) = cardinality(keys) AND cardinality(keys) > 1 THEN  -- every row: the task's
+                PERFORM ml_internal._task_failed(tid, msg, queue_ids);
+                RETURN 0;
+            END IF;
+            bad := bad || skipped;
+            errs := errs || array_fill(msg, ARRAY[cardinality(skipped)]);
+        END IF;
         IF cardinality(later) > 0 THEN
             UPDATE ml.queue SET lease_until = NULL, claimed_by = NULL, attempts = greatest(attempts - 1, 0),
                 not_before = now() + interval '1 second'
