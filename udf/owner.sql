@@ -26,7 +26,8 @@ END $$;
 -- ml_owner function; the worker itself when it owns the table or has no such function). Only what
 -- the worker needs: op 'probe' (take the table's lock), 'read' (sources of keys, in order), 'write'
 -- (results of rows not held by anyone, whose source is unchanged: the keys written), 'unchanged'
--- (which of the indexes `ints` still have the source hash given), 'clear' (NULL the result of keys[1]),
+-- (which of the indexes `ints` still have the source hash given), 'lock' (lock the row of keys[1] now,
+-- or raise lock_not_available), 'clear' (NULL the result of keys[1]),
 -- 'index' (the task's HNSW index with pgvector's operator class keys[1]: ml_private._create_index).
 CREATE OR REPLACE FUNCTION ml_private._user_table_op(t ml.tasks, op text, keys text[] DEFAULT NULL, hashes text[] DEFAULT NULL,
                                              vecs vector[] DEFAULT NULL, answers text[] DEFAULT NULL,
@@ -88,6 +89,11 @@ BEGIN
                        'WHERE EXISTS (SELECT FROM %s y WHERE y.%I %s q.key::%s AND md5(y.%I) IS NOT DISTINCT FROM q.h)',
                        t.table_name, t.key_col, eq, t.key_type, t.source_col)
         INTO out_ints USING ints, keys, hashes;
+        rls := row_security_active(t.table_name);
+    ELSIF op = 'lock' THEN  -- got[1]: the row of keys[1] is locked now (NULL: not visible to a locking read)
+        EXECUTE format('SELECT array_agg(true) FROM (SELECT FROM %s y WHERE y.%I %s $1::%s FOR UPDATE NOWAIT) s',
+                       t.table_name, t.key_col, eq, t.key_type)
+        INTO got USING keys[1];
     ELSIF op = 'clear' THEN
         EXECUTE format('UPDATE %s x SET %I = NULL%s WHERE x.%I %s $1::%s AND x.%I IS NOT NULL', t.table_name,
                        t.result_col, CASE WHEN t.kind = 'prediction'

@@ -244,6 +244,10 @@ DECLARE
     locked int[] := '{}';
     l int[];
     skipped int[];
+    hidden int[] := '{}';
+    rls_on boolean;
+    reader name;
+    g boolean[];
     done_ids bigint[];
     done_keys text[];
     bad int[] := '{}';
@@ -296,9 +300,31 @@ BEGIN
     SELECT array_agg(i) INTO rest_ix FROM generate_subscripts(keys, 1) i
     WHERE NOT keys[i] = ANY (wrote) AND NOT i = ANY (bad);
     IF rest_ix IS NOT NULL THEN
-        SELECT o.out_ints INTO later_ix
+        SELECT o.out_ints, o.rls, o.reader INTO later_ix, rls_on, reader
         FROM ml_private._as_owner(t, 'unchanged', ARRAY(SELECT keys[i] FROM unnest(rest_ix) i),
                           ARRAY(SELECT hashes[i] FROM unnest(rest_ix) i), ints => rest_ix) o;
+        IF rls_on THEN  -- not locked: held by a user transaction, or hidden from an UPDATE by a policy?
+            FOREACH ix IN ARRAY coalesce(later_ix, '{}') LOOP
+                CONTINUE WHEN ix = ANY (locked);
+                BEGIN
+                    SELECT o.got INTO g FROM ml_private._as_owner(t, 'lock', ARRAY[keys[ix]]) o;
+                    IF g IS NULL THEN
+                        hidden := hidden || ix;
+                    END IF;
+                EXCEPTION WHEN lock_not_available THEN
+                    NULL;  -- held: later
+                END;
+            END LOOP;
+            IF cardinality(hidden) > 0 THEN  -- as the claim does with rows a policy hides from reading
+                PERFORM ml_internal.fail_rows(worker, tid, ARRAY(SELECT queue_ids[i] FROM unnest(hidden) i),
+                    ARRAY(SELECT keys[i] FROM unnest(hidden) i),
+                    array_fill(format('row-level security on %s does not let role %s, which writes it for the worker, '
+                                      'update this row; give that role a policy: CREATE POLICY pgsight_worker ON %s '
+                                      'FOR UPDATE TO %I USING (true)', t.table_name, reader, t.table_name, reader),
+                               ARRAY[cardinality(hidden)]));
+                later_ix := ARRAY(SELECT i FROM unnest(later_ix) i WHERE NOT i = ANY (hidden));
+            END IF;
+        END IF;
         later := ARRAY(SELECT queue_ids[i] FROM unnest(coalesce(later_ix, '{}')) i WHERE NOT i = ANY (locked));
         skipped := ARRAY(SELECT i FROM unnest(coalesce(later_ix, '{}')) i WHERE i = ANY (locked));
         IF cardinality(skipped) > 0 THEN
@@ -322,7 +348,7 @@ BEGIN
     END LOOP;
     SELECT array_agg(queue_ids[i]), array_agg(keys[i]) INTO done_ids, done_keys
     FROM generate_subscripts(queue_ids, 1) i
-    WHERE NOT i = ANY (bad) AND NOT queue_ids[i] = ANY (coalesce(later, '{}'));
+    WHERE NOT i = ANY (bad) AND NOT i = ANY (hidden) AND NOT queue_ids[i] = ANY (coalesce(later, '{}'));
     IF done_ids IS NOT NULL THEN
         PERFORM ml_internal._forget_errors(tid, done_keys);
         PERFORM ml_internal._complete(worker, done_ids, false);

@@ -1,9 +1,14 @@
 """What a user's table does to the write-back, beyond refusing it (tests/faults/test_isolation.py):
-a BEFORE UPDATE trigger that skips the update of some rows (returns NULL) makes those rows' errors,
-never rows handed back and claimed again forever."""
+a BEFORE UPDATE trigger that skips the update of some rows (returns NULL), and a row-level security
+policy that lets the table's owner read a row but not update it, make those rows' errors, never rows
+handed back and claimed again forever."""
 from __future__ import annotations
 
+import uuid
+
+import psycopg
 from conftest import wait_for
+from psycopg.conninfo import make_conninfo
 
 from pgsight.testing import running_worker
 
@@ -29,3 +34,28 @@ def test_a_trigger_that_skips_the_write_of_a_row(conn, dsn, images):
         conn.execute("UPDATE t SET path = '5.png' WHERE id = 2")
         wait_for(lambda: conn.execute("SELECT embedding IS NOT NULL FROM t WHERE id = 2").fetchone()[0])
         wait_for(lambda: conn.execute("SELECT count(*) = 0 FROM ml.errors").fetchone()[0])
+
+
+def test_a_policy_that_hides_a_row_from_updates(conn, dsn, images):
+    owner = f"owner_{uuid.uuid4().hex[:6]}"
+    conn.execute(f"CREATE ROLE {owner} LOGIN IN ROLE pgsight_user")
+    conn.execute(f"GRANT ALL ON SCHEMA public TO {owner}")
+    try:
+        with psycopg.connect(make_conninfo(dsn, user=owner), autocommit=True) as own:
+            own.execute("SELECT ml.load_model('pxo', 'pixels', NULL, '{\"size\": 4}')")
+            own.execute("CREATE TABLE r (id int PRIMARY KEY, path text)")
+            own.execute("INSERT INTO r SELECT i, i || '.png' FROM generate_series(1, 4) i")
+            own.execute("ALTER TABLE r ENABLE ROW LEVEL SECURITY")
+            own.execute("ALTER TABLE r FORCE ROW LEVEL SECURITY")  # the owner (who writes for the worker) too
+            own.execute("CREATE POLICY read_all ON r FOR SELECT USING (true)")
+            own.execute("CREATE POLICY not_two ON r FOR UPDATE USING (id <> 2)")
+            job = own.execute("SELECT ml.create_embedding('r', 'pxo', 'path')").fetchone()[0]
+            with running_worker(dsn, [images]):
+                assert own.execute("SELECT ml.wait(%s, '20 seconds')", (job,)).fetchone()[0] == "done"
+            assert own.execute("SELECT done, failed FROM ml.jobs WHERE id = %s", (job,)).fetchone() == (4, 1)
+            (key, error), = own.execute("SELECT row_key, error FROM ml.errors").fetchall()
+            assert key == "2" and f"does not let role {owner}" in error and "FOR UPDATE TO" in error
+            assert own.execute("SELECT array_agg(id ORDER BY id) FROM r WHERE embedding IS NOT NULL").fetchone()[0] == [1, 3, 4]
+    finally:
+        conn.execute(f"DROP OWNED BY {owner} CASCADE")
+        conn.execute(f"DROP ROLE {owner}")
