@@ -214,14 +214,15 @@ class WorkerDB:
 
     def write_embeddings(self, worker: int, task_id: int, queue_ids: list[int], keys: list[str],
                          hashes: list[str | None], vectors: list[np.ndarray]) -> int:
-        # %b: vectors in binary, 40x faster than text
+        # %b: vectors in binary, 40x faster than text. Type names are qualified: user code fired in this
+        # session (a trigger) may have made a temporary type of the same name (docs/security.md)
         return self._call("write_embeddings", worker, task_id, queue_ids, keys, hashes, vectors,
-                          marks=("%s", "%s", "%s", "%s", "%s", "%b::vector[]"))
+                          marks=("%s", "%s", "%s", "%s", "%s", "%b::public.vector[]"))
 
     def write_predictions(self, worker: int, task_id: int, queue_ids: list[int], keys: list[str],
                           hashes: list[str | None], answers: list[str | None], scores: list[float | None]) -> int:
         return self._call("write_predictions", worker, task_id, queue_ids, keys, hashes, answers, scores,
-                          marks=("%s", "%s", "%s", "%s", "%s", "%s", "%s::real[]"))
+                          marks=("%s", "%s", "%s", "%s", "%s", "%s", "%s::pg_catalog.float4[]"))
 
     def fail_rows(self, worker: int, task_id: int | None, queue_ids: list[int], keys: list[str],
                   errors: list[str]) -> None:
@@ -252,7 +253,7 @@ class WorkerDB:
         ids = list(replies)
         self._call("rpc_reply", ids, [replies[i].vec for i in ids],
                    [None if replies[i].response is None else Jsonb(replies[i].response) for i in ids],
-                   [replies[i].error for i in ids], marks=("%s", "%b::vector[]", "%s::jsonb[]", "%s"))
+                   [replies[i].error for i in ids], marks=("%s", "%b::public.vector[]", "%s::pg_catalog.jsonb[]", "%s"))
 
     # -- models and files -----------------------------------------------------------------------
     def model_info(self, name: str) -> ModelInfo | None:
@@ -294,7 +295,7 @@ class WorkerDB:
         return self._call("register_trained", job_id, dim, Jsonb(info))
 
     def snapshot_exists(self, job_id: int) -> bool:
-        row = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+        row = self.conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
                                 (sql.SQL("{}").format(_snapshot(job_id)).as_string(self.conn),)).fetchone()
         return bool(row and row[0])
 

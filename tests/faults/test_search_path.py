@@ -76,3 +76,27 @@ def test_a_tenants_functions_in_public_never_run_inside_pgsight(dsn, tenants, im
         assert a.execute("SELECT ml.wait(%s, '30 seconds')", (job,)).fetchone()[0] == "done"
     assert a.execute("SELECT count(*) FROM a_pics WHERE embedding IS NOT NULL").fetchone()[0] == 4
     assert b.execute("SELECT * FROM public.calls").fetchall() == []
+
+
+def test_temporary_types_planted_in_the_workers_session_are_never_used(dsn, tenants, images):  # noqa: F811
+    """A tenant's trigger, fired by the worker's write-back (as the tenant: docs/security.md), creates
+    domains named vector and jsonb in the worker's session, whose CHECK calls a function of hers: the
+    worker's own statements must never resolve a type there (it would run as the worker)."""
+    a, name_a = tenants["a"], tenants["names"]["tenant_a"]
+    a.execute("CREATE TABLE public.calls (who text)")
+    a.execute("GRANT INSERT ON public.calls TO PUBLIC")
+    a.execute("SELECT ml.load_model('pxa', 'pixels', NULL, '{\"size\": 4}')")
+    pics(a, "a_pics")
+    a.execute(f"""CREATE FUNCTION public.plant() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN
+        IF session_user <> '{name_a}' AND to_regtype('pg_temp.vector') IS NULL THEN
+            EXECUTE 'CREATE FUNCTION pg_temp.pwn() RETURNS boolean LANGUAGE plpgsql AS '
+                    '$p$ BEGIN INSERT INTO public.calls VALUES (current_user); RETURN true; END $p$';
+            EXECUTE 'CREATE DOMAIN pg_temp.vector AS public.vector CHECK (pg_temp.pwn())';
+            EXECUTE 'CREATE DOMAIN pg_temp.jsonb AS pg_catalog.jsonb CHECK (pg_temp.pwn())';
+        END IF; RETURN NEW; END $f$""")
+    a.execute("CREATE TRIGGER plant BEFORE UPDATE ON a_pics FOR EACH ROW EXECUTE FUNCTION public.plant()")
+    job = a.execute("SELECT ml.create_embedding('a_pics', 'pxa', 'image_path')").fetchone()[0]
+    with running_worker(dsn, [images], batch_size=1):  # a superuser's worker: the worst case
+        assert a.execute("SELECT ml.wait(%s, '30 seconds')", (job,)).fetchone()[0] == "done"
+    assert a.execute("SELECT count(*) FROM a_pics WHERE embedding IS NOT NULL").fetchone()[0] == 4
+    assert a.execute("SELECT * FROM public.calls").fetchall() == []
