@@ -89,6 +89,17 @@ def test_query_time_errors_name_the_problem(conn, image_dir):
         assert conn.execute("SELECT vector_dims(ml.embed_image('px', '1.png'))").fetchone()[0] == 16
 
 
+def test_a_model_dropped_and_registered_again_is_not_served_from_a_cache(conn, image_dir):
+    """A model dropped and registered again under its name starts at version 1 again: neither the
+    session's cache of query embeddings nor the worker's loaded models may serve the old model."""
+    with running_worker(conn.info.dsn, [image_dir]):
+        assert conn.execute("SELECT vector_dims(ml.embed_image('px', '1.png'))").fetchone()[0] == 16
+        conn.execute("SELECT ml.drop_model('px')")
+        conn.execute("SELECT ml.load_model('px', 'pixels', NULL, '{\"size\": 5}')")
+        assert conn.execute("SELECT vector_dims(ml.embed_image('px', '1.png'))").fetchone()[0] == 25
+        conn.execute("CALL ml.create_embedding_and_wait('photos', 'px', 'path')")  # the rows too
+        assert conn.execute("SELECT array_agg(DISTINCT vector_dims(embedding)) FROM photos").fetchone()[0] == [25]
+
 def test_wait_on_a_job_of_an_open_transaction_says_commit_first(dsn, conn):
     with psycopg.connect(dsn) as tx:  # not autocommit: a transaction block that has written
         tx.execute("CREATE TABLE scratch (id int)")

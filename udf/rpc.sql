@@ -229,7 +229,9 @@ BEGIN
             USING HINT = CASE WHEN modality = 'text' THEN 'use ml.embed_image, or a model of kind clip for text'
                               ELSE 'use a model that embeds images' END;
     END IF;
-    cache_key := md5(concat_ws(E'\x1f', modality, model_name, m.version, input, md5(image)));
+    -- updated_at too: a model dropped and registered again under its name starts at version 1 again
+    cache_key := md5(concat_ws(E'\x1f', modality, model_name, m.version, extract(epoch FROM m.updated_at), input,
+                               md5(image)));
     slot := 'pgsight.cache_' || (('x' || substr(cache_key, 1, 2))::bit(8)::int % 16);
     cached := current_setting(slot, true);
     IF cached IS NOT NULL AND left(cached, 32) = cache_key THEN

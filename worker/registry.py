@@ -22,7 +22,9 @@ class ModelCache:
     def __init__(self, device: str, cache_dir: Path) -> None:
         self.device = device
         self.cache_dir = cache_dir
-        self._by_name: dict[str, tuple[int, Adapter]] = {}
+        # name -> ((version, updated_at), adapter): a model dropped and registered again starts at version 1
+        # again, so the version alone does not tell the registrations apart
+        self._by_name: dict[str, tuple[tuple[int, Any], Adapter]] = {}
         self._by_source: dict[tuple[str, str, str], Adapter] = {}
         self._lock = threading.Lock()                     # guards the dicts, never held while loading
         self._loading: dict[object, threading.Lock] = {}  # one lock per model being loaded
@@ -54,18 +56,18 @@ class ModelCache:
 
     def get(self, conn: psycopg.Connection | WorkerDB, name: str, version: int | None = None) -> Adapter:
         with self._key_lock(("name", name)):
-            cached = self._by_name.get(name)
-            if cached and (version is None or cached[0] == version):
-                return cached[1]
             db = WorkerDB.of(conn)
-            info = db.model_info(name)
+            info = db.model_info(name)  # one primary-key lookup: the registration may have changed
             if info is None:
                 raise ModelLoadError(f"no model named {name!r}")
+            cached = self._by_name.get(name)
+            if cached and cached[0] == (info.version, info.updated_at) and version in (None, info.version):
+                return cached[1]
             source = self._fetch(db, info)
             opts = dict(info.options or {})
             opts["_info"] = info.info or {}
             adapter = self.from_source(info.kind, source, opts)
-            self._by_name[name] = (info.version, adapter)
+            self._by_name[name] = ((info.version, info.updated_at), adapter)
             return adapter
 
     def files(self, conn: psycopg.Connection | WorkerDB, name: str) -> str | None:
