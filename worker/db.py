@@ -27,6 +27,11 @@ T = TypeVar("T", bound="DataclassInstance")
 
 #: The schema of the worker's plumbing (claim, write-back, blobs ...): users have no rights on it.
 INTERNAL = "ml_internal"
+#: The calls that run user code in this session (a trigger, a policy, a default ... of a user's table, as
+#: its owner: docs/security.md). A SET without LOCAL in that code outlasts the call
+#: (default_transaction_read_only, statement_timeout ...): the session's settings are reset after each.
+RUNS_USER_CODE = frozenset({"claim", "write_embeddings", "write_predictions", "fail_rows", "retry_rows",
+                            "build_pending_index"})
 
 
 # -- rows ------------------------------------------------------------------------------------------
@@ -166,6 +171,8 @@ class WorkerDB:
         query = sql.SQL("SELECT {}({})").format(_fn(name), sql.SQL(", ").join(
             sql.SQL(m) for m in (marks or ("%s",) * len(args))))
         row = self.conn.execute(query, args).fetchone()
+        if name in RUNS_USER_CODE:
+            self.conn.execute("RESET ALL")
         return row[0] if row else None
 
     def _rows(self, cls: type[T], name: str, *args: Any) -> list[T]:
@@ -175,7 +182,10 @@ class WorkerDB:
         query = sql.SQL("SELECT {} FROM {}({})").format(
             sql.SQL(", ").join(columns), _fn(name), sql.SQL(", ").join(placeholders))
         with self.conn.cursor(row_factory=class_row(cls)) as cur:
-            return cur.execute(query, args).fetchall()
+            rows = cur.execute(query, args).fetchall()
+        if name in RUNS_USER_CODE:
+            self.conn.execute("RESET ALL")
+        return rows
 
     def listen(self, channel: str) -> None:
         self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

@@ -1,7 +1,8 @@
 """What a user's table does to the write-back, beyond refusing it (tests/faults/test_isolation.py):
 a BEFORE UPDATE trigger that skips the update of some rows (returns NULL), and a row-level security
 policy that lets the table's owner read a row but not update it, make those rows' errors, never rows
-handed back and claimed again forever."""
+handed back and claimed again forever; a trigger that changes the worker's session settings changes
+nothing after its own statement."""
 from __future__ import annotations
 
 import uuid
@@ -59,3 +60,25 @@ def test_a_policy_that_hides_a_row_from_updates(conn, dsn, images):
     finally:
         conn.execute(f"DROP OWNED BY {owner} CASCADE")
         conn.execute(f"DROP ROLE {owner}")
+
+
+def test_a_trigger_that_changes_the_workers_session_settings(conn, dsn, images):
+    """SET without LOCAL in user code lasts past the function that ran it: a trigger fired by the
+    write-back made every later transaction of the worker's session read-only (every write failed,
+    for every table it serves) and could have set a 1 ms statement_timeout."""
+    conn.execute("SELECT ml.load_model('px', 'pixels', NULL, '{\"size\": 4}')")
+    conn.execute("CREATE TABLE canary (id int PRIMARY KEY, path text)")
+    conn.execute("SELECT ml.create_embedding('canary', 'px', 'path')")
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, path text)")
+    conn.execute("INSERT INTO t SELECT i, i || '.png' FROM generate_series(1, 3) i")
+    conn.execute("CREATE FUNCTION spoil() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                 "IF NEW.embedding IS NOT NULL THEN PERFORM set_config('default_transaction_read_only', 'on', false); "
+                 "END IF; RETURN NEW; END $$")
+    conn.execute("CREATE TRIGGER spoil BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION spoil()")
+    job = conn.execute("SELECT ml.create_embedding('t', 'px', 'path')").fetchone()[0]
+    with running_worker(dsn, [images], batch_size=1):
+        assert conn.execute("SELECT ml.wait(%s, '20 seconds')", (job,)).fetchone()[0] == "done"
+        conn.execute("INSERT INTO canary VALUES (1, '1.png')")  # and another table is served after it
+        wait_for(lambda: conn.execute("SELECT embedding IS NOT NULL FROM canary").fetchone()[0], timeout=10)
+    assert conn.execute("SELECT count(*) FROM t WHERE embedding IS NOT NULL").fetchone()[0] == 3
+    assert conn.execute("SELECT count(*) FROM ml.errors").fetchone()[0] == 0
