@@ -1,6 +1,26 @@
 -- Jobs: ml.wait / ml.cancel for users; claim, heartbeat and finish for workers running training
 -- and evaluation jobs.
 
+-- The state of a job, for the role a ticket names (ml_private._rpc_ticket: signed in the caller's own
+-- backend for its own role): what ml.wait and the evaluation functions read through the loopback
+-- connection. Its role reads no ml.jobs row itself: a dedicated loopback role (pgsight_loopback) is
+-- shared by every user's loopback session, and a user holds that connection in her own session.
+CREATE OR REPLACE FUNCTION ml_private._job_state(job_id bigint, who name, token_hash bytea, ticket text,
+                                                 OUT status text, OUT error text, OUT result text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, ml, pg_temp AS $$
+DECLARE
+    secret bytea := (SELECT l.secret FROM ml.loopback l);
+BEGIN
+    IF who IS NULL OR token_hash IS NULL OR octet_length(token_hash) <> 32 OR ticket IS NULL
+       OR ticket <> encode(sha256(secret || sha256(secret || convert_to(who::text, 'UTF8') || '\x00'::bytea
+                                                   || token_hash)), 'hex') THEN
+        RAISE EXCEPTION 'pgsight: job status refused: its ticket does not match'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'call ml.wait';
+    END IF;
+    SELECT j.status, j.error, j.result::text INTO status, error, result
+    FROM ml.jobs j WHERE j.id = job_id AND ml_private._may_change(who, j.owner);
+END $$;
+
 -- Block until a job ends; returns its final status. Polls through the loopback connection, so it
 -- sees the worker's progress whatever the caller's isolation level. A NULL timeout means the
 -- wait_timeout setting (10 minutes unless changed): never forever.
@@ -12,6 +32,8 @@ DECLARE
     st text;
     err text;
     pause float8 := 0.02;
+    hash bytea := sha256(convert_to(gen_random_uuid()::text, 'UTF8'));
+    ticket text;
 BEGIN
     IF job_id IS NULL THEN
         RAISE EXCEPTION 'pgsight: ml.wait(NULL): no job id';
@@ -26,12 +48,13 @@ BEGIN
                                 '(or ml.create_prediction_and_wait, ml.build_model_and_wait)', job_id);
     END IF;
     conn := ml_private._loopback();
+    ticket := ml_private._rpc_ticket(current_user, hash);
     deadline := clock_timestamp() + timeout;
     LOOP
         SELECT r.status, r.error INTO st, err
-        -- the loopback may be a role that sees every job: ask for the caller's own (or one it may change)
-        FROM public.dblink(conn, format('SELECT status, error FROM ml.jobs WHERE id = %s AND ml_private._may_change(%L, owner)',
-                                 job_id, current_user)) AS r(status text, error text);
+        -- the caller's own job (or one it may change), with a ticket for its role: the loopback's reads none
+        FROM public.dblink(conn, format('SELECT status, error FROM ml_private._job_state(%s, %L, %L::bytea, %L)',
+                                        job_id, current_user, hash, ticket)) AS r(status text, error text);
         IF st IS NULL THEN
             IF EXISTS (SELECT 1 FROM ml.jobs j WHERE j.id = job_id) THEN
                 RAISE EXCEPTION 'pgsight: job % was created in this transaction, which has not committed: no worker can see it yet', job_id

@@ -45,8 +45,9 @@ BEGIN
     GRANT SELECT ON ml.rpc TO pgsight_admin;
     -- the loopback session: query-time requests, job status (evaluation jobs: ml_private._job_submit)
     GRANT SELECT ON ml.settings, ml.workers TO pgsight_loopback;
-    REVOKE INSERT, UPDATE, DELETE ON ml.jobs FROM pgsight_loopback;
-    GRANT SELECT ON ml.jobs TO pgsight_loopback;
+    -- no row of ml.jobs either: a user holds her loopback connection in her own session, and a dedicated
+    -- loopback role is every user's; job states go through ml_private._job_state (a ticket for the caller)
+    REVOKE ALL ON ml.jobs FROM pgsight_loopback;
     -- workers: the whole queue side of ml (not ml.loopback)
     GRANT SELECT, INSERT, UPDATE, DELETE ON ml.settings, ml.model_kinds, ml.models, ml.blobs, ml.tasks, ml.workers,
         ml.jobs, ml.queue, ml.errors, ml.rpc TO pgsight_worker;

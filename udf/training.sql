@@ -162,8 +162,9 @@ END $$;
 CREATE OR REPLACE FUNCTION ml_private._job_result(jid bigint, OUT result jsonb, OUT error text)
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
     SELECT r.result::jsonb, r.error
-    FROM public.dblink(ml_private._loopback(), format('SELECT result::text, error FROM ml.jobs WHERE id = %s AND ml_private._may_change(%L, owner)',
-                                       jid, current_user))
+    FROM (SELECT sha256(convert_to(gen_random_uuid()::text, 'UTF8')) AS h) t,
+         public.dblink(ml_private._loopback(), format('SELECT result, error FROM ml_private._job_state(%s, %L, %L::bytea, %L)',
+                                                      jid, current_user, t.h, ml_private._rpc_ticket(current_user, t.h)))
          AS r(result text, error text)
 $$;
 

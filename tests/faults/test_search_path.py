@@ -100,3 +100,4 @@ def test_temporary_types_planted_in_the_workers_session_are_never_used(dsn, tena
         assert a.execute("SELECT ml.wait(%s, '30 seconds')", (job,)).fetchone()[0] == "done"
     assert a.execute("SELECT count(*) FROM a_pics WHERE embedding IS NOT NULL").fetchone()[0] == 4
     assert a.execute("SELECT * FROM public.calls").fetchall() == []
+

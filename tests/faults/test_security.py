@@ -23,6 +23,7 @@ REVIEWED_DEFINERS = {
     "ml_private._on_insert", "ml_private._on_insert_row", "ml_private._on_update",  # queue rows for whoever writes a user's table
     "ml_private._on_ddl_end", "ml_private._on_sql_drop",       # event triggers: follow renames, forget dropped columns (any role's DDL)
     "ml_private._job_submit", "ml_private._snapshot_seal", "ml_internal._snapshot_drop", "ml_private._job_cancel",  # training/evaluation jobs
+    "ml_private._job_state",                           # a job's state through the loopback, for the caller's ticket
     "ml_private._task_add", "ml_private._task_index_state", "ml_private._backfill_job", "ml_private._tasks_forget",  # derived columns
     "ml_private._model_put", "ml_private._model_drop",          # models
     "ml_private._rpc_ticket", "ml_private._rpc_submit", "ml_private._rpc_state", "ml_private._rpc_forget",  # query-time requests (docs/query-time.md)
@@ -283,6 +284,28 @@ def test_wait_through_a_dedicated_loopback_shows_only_ones_own_jobs(dsn, tenants
     assert "private" not in str(e.value)
     assert b.execute("SELECT ml.wait(%s, '1 second')", (job_b,)).fetchone()[0] == "failed"
 
+
+def test_a_dedicated_loopback_shows_a_tenant_only_her_own_jobs(dsn, tenants):
+    """With the loopback logging in as pgsight_loopback (shared by every user's loopback session), a tenant
+    holds that connection in her own session (dblink's named connection, ml_private._autonomous): it must
+    not read another tenant's jobs (their training queries, errors, results); ml.wait still works."""
+    a, b = tenants["a"], tenants["b"]
+    pics(b, "b_pics")
+    job_b = b.execute("SELECT ml.build_model('m_b', 'simclr', 'SELECT image_path, ''private note'' AS note FROM b_pics', "
+                      "'{\"max_epochs\": 1}')").fetchone()[0]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("ALTER ROLE pgsight_loopback LOGIN")
+        admin.execute("UPDATE ml.loopback SET conninfo = %s, role = 'pgsight_loopback'",
+                      (f"host={admin.info.host} port={admin.info.port} user=pgsight_loopback",))
+    conn = a.execute("SELECT ml_private._loopback()").fetchone()[0]
+    for sql in ["SELECT * FROM public.dblink(%s, 'SELECT params::text FROM ml.jobs') AS t(p text)",
+                "SELECT ml_private._autonomous('SELECT string_agg(params::text, '','') FROM ml.jobs') WHERE %s::text IS NOT NULL"]:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            a.execute(sql, (conn,))
+    b.execute("SELECT ml.cancel(%s)", (job_b,))
+    assert b.execute("SELECT ml.wait(%s, '5 seconds')", (job_b,)).fetchone()[0] == "cancelled"
+    with pytest.raises(psycopg.Error, match="no job"):
+        a.execute("SELECT ml.wait(%s, '1 second')", (job_b,))
 
 def test_hostile_names_and_types(tenants):
     """Quotes in a model or column name, a user-defined type in a training query."""
