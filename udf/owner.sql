@@ -37,16 +37,21 @@ RETURNS TABLE (got boolean[], texts text[], bytes bytea[], src_hashes text[], ou
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     is_bytea boolean;
-    -- the key type's own `=` where an extension defines it (citext ...); else pg_catalog's, by name
-    -- (no schema a user may create in is on the search_path: docs/security.md)
+    -- the key type's own `=` where an extension defines it (citext ...); else pg_catalog's
+    -- (a user's public.= (varchar, varchar) must not win: docs/security.md)
     eq text := coalesce((SELECT format('OPERATOR(%I.=)', n.nspname)
                          FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                          JOIN pg_operator o ON o.oprname = '=' AND o.oprleft = ty.oid AND o.oprright = ty.oid
                               AND o.oprnamespace = ty.typnamespace AND o.oprowner = ty.typowner
                          JOIN pg_namespace n ON n.oid = o.oprnamespace
-                         WHERE a.attrelid = t.table_name AND a.attnum = t.key_attnum LIMIT 1), '=');
+                         WHERE a.attrelid = t.table_name AND a.attnum = t.key_attnum LIMIT 1), 'OPERATOR(pg_catalog.=)');
     vec text := (SELECT format('%I.vector', n.nspname) FROM pg_extension e
                  JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector');
+    -- The statements on the user's table run with the names a session of its owner has by default: a
+    -- trigger of the owner's fired by them (plpgsql without its own search_path) finds its tables as
+    -- it does in the owner's sessions. Every name in the statements themselves is qualified.
+    user_path constant text := '"$user", public, pg_temp';
+    stmt text;
 BEGIN
     reader := current_user;
     IF op = 'probe' THEN
@@ -55,51 +60,62 @@ BEGIN
         is_bytea := (SELECT atttypid = 'bytea'::regtype FROM pg_attribute
                      WHERE attrelid = t.table_name AND attnum = t.source_attnum);
         -- LATERAL: one primary-key lookup per row, whatever the table's size (a hash join would scan it)
-        EXECUTE format(
-            'SELECT array_agg(x.found IS NOT NULL ORDER BY q.ord), array_agg(x.src_text ORDER BY q.ord),
-                    array_agg(x.src_bytes ORDER BY q.ord), array_agg(x.src_hash ORDER BY q.ord)
-             FROM unnest($1::text[]) WITH ORDINALITY AS q(key, ord)
-             LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, md5(y.%I) AS src_hash
+        stmt := format(
+            'SELECT pg_catalog.array_agg(x.found IS NOT NULL ORDER BY q.ord), pg_catalog.array_agg(x.src_text ORDER BY q.ord),
+                    pg_catalog.array_agg(x.src_bytes ORDER BY q.ord), pg_catalog.array_agg(x.src_hash ORDER BY q.ord)
+             FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS q(key, ord)
+             LEFT JOIN LATERAL (SELECT true AS found, %s AS src_text, %s AS src_bytes, pg_catalog.md5(y.%I) AS src_hash
                                 FROM %s y WHERE y.%I %s q.key::%s LIMIT 1) x ON true',
             CASE WHEN is_bytea THEN 'NULL::text' ELSE format('y.%I::text', t.source_col) END,
             CASE WHEN is_bytea THEN format('y.%I', t.source_col) ELSE 'NULL::bytea' END,
-            t.source_col, t.table_name, t.key_col, eq, t.key_type)
-        INTO got, texts, bytes, src_hashes USING keys;
+            t.source_col, t.table_name, t.key_col, eq, t.key_type);
+        PERFORM pg_catalog.set_config('search_path', user_path, true);
+        EXECUTE stmt INTO got, texts, bytes, src_hashes USING keys;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, ml, pg_temp', true);
         rls := row_security_active(t.table_name);
     ELSIF op = 'write' THEN
         -- one statement: lock the rows no one else holds (SKIP LOCKED), write those whose source is
         -- unchanged; out_ints: the positions of the keys whose rows it locked (a locked row not written
         -- with its source unchanged was skipped by the table: a BEFORE UPDATE trigger returned NULL)
-        EXECUTE format(
+        stmt := format(
             'WITH l AS (SELECT y.%I AS k FROM %s y WHERE y.%I %s ANY ($1::%s[]) FOR UPDATE SKIP LOCKED),
-                  v AS MATERIALIZED (SELECT v.* FROM unnest($1::text[], $2::text[], $3::%s[], $4::text[], $5::real[])
+                  v AS MATERIALIZED (SELECT v.* FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::%s[]),
+                                                          pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::real[]))
                                      WITH ORDINALITY AS v(key, h, vec, answer, score, ord)
                                      WHERE v.key::%s %s ANY (SELECT l.k FROM l)),
                   w AS (UPDATE %s x SET %s FROM v
-                        WHERE x.%I %s v.key::%s AND x.%I %s ANY ($1::%s[]) AND md5(x.%I) IS NOT DISTINCT FROM v.h
+                        WHERE x.%I %s v.key::%s AND x.%I %s ANY ($1::%s[]) AND pg_catalog.md5(x.%I) IS NOT DISTINCT FROM v.h
                         RETURNING v.key)
-             SELECT coalesce(array_agg(w.key), ''{}''), (SELECT array_agg(v.ord::int) FROM v) FROM w',
+             SELECT coalesce(pg_catalog.array_agg(w.key), ''{}''), (SELECT pg_catalog.array_agg(v.ord::int) FROM v) FROM w',
             t.key_col, t.table_name, t.key_col, eq, t.key_type, vec, t.key_type, eq, t.table_name,
             CASE WHEN t.kind = 'embedding' THEN format('%I = v.vec', t.result_col)
                  ELSE format('%I = v.answer, %I = v.score', t.result_col, t.result_col || '_score') END,
-            t.key_col, eq, t.key_type, t.key_col, eq, t.key_type, t.source_col)
-        INTO wrote, out_ints USING keys, hashes, vecs, answers, scores;
+            t.key_col, eq, t.key_type, t.key_col, eq, t.key_type, t.source_col);
+        PERFORM pg_catalog.set_config('search_path', user_path, true);
+        EXECUTE stmt INTO wrote, out_ints USING keys, hashes, vecs, answers, scores;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, ml, pg_temp', true);
     ELSIF op = 'unchanged' THEN
-        EXECUTE format('SELECT array_agg(q.i) FROM unnest($1::int[], $2::text[], $3::text[]) AS q(i, key, h) '
-                       'WHERE EXISTS (SELECT FROM %s y WHERE y.%I %s q.key::%s AND md5(y.%I) IS NOT DISTINCT FROM q.h)',
-                       t.table_name, t.key_col, eq, t.key_type, t.source_col)
-        INTO out_ints USING ints, keys, hashes;
+        stmt := format('SELECT pg_catalog.array_agg(q.i) FROM ROWS FROM (pg_catalog.unnest($1::int[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[])) AS q(i, key, h) '
+                       'WHERE EXISTS (SELECT FROM %s y WHERE y.%I %s q.key::%s AND pg_catalog.md5(y.%I) IS NOT DISTINCT FROM q.h)',
+                       t.table_name, t.key_col, eq, t.key_type, t.source_col);
+        PERFORM pg_catalog.set_config('search_path', user_path, true);
+        EXECUTE stmt INTO out_ints USING ints, keys, hashes;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, ml, pg_temp', true);
         rls := row_security_active(t.table_name);
     ELSIF op = 'lock' THEN  -- got[1]: the row of keys[1] is locked now (NULL: not visible to a locking read)
-        EXECUTE format('SELECT array_agg(true) FROM (SELECT FROM %s y WHERE y.%I %s $1::%s FOR UPDATE NOWAIT) s',
-                       t.table_name, t.key_col, eq, t.key_type)
-        INTO got USING keys[1];
+        stmt := format('SELECT pg_catalog.array_agg(true) FROM (SELECT FROM %s y WHERE y.%I %s $1::%s FOR UPDATE NOWAIT) s',
+                       t.table_name, t.key_col, eq, t.key_type);
+        PERFORM pg_catalog.set_config('search_path', user_path, true);
+        EXECUTE stmt INTO got USING keys[1];
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, ml, pg_temp', true);
     ELSIF op = 'clear' THEN
-        EXECUTE format('UPDATE %s x SET %I = NULL%s WHERE x.%I %s $1::%s AND x.%I IS NOT NULL', t.table_name,
+        stmt := format('UPDATE %s x SET %I = NULL%s WHERE x.%I %s $1::%s AND x.%I IS NOT NULL', t.table_name,
                        t.result_col, CASE WHEN t.kind = 'prediction'
                                           THEN format(', %I = NULL', t.result_col || '_score') ELSE '' END,
-                       t.key_col, eq, t.key_type, t.result_col)
-        USING keys[1];
+                       t.key_col, eq, t.key_type, t.result_col);
+        PERFORM pg_catalog.set_config('search_path', user_path, true);
+        EXECUTE stmt USING keys[1];
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, ml, pg_temp', true);
     ELSIF op = 'index' THEN
         -- only the task's own index name and column, and one of pgvector's HNSW operator classes
         IF NOT coalesce(keys[1] = ANY (ARRAY['vector_l2_ops', 'vector_ip_ops', 'vector_cosine_ops', 'halfvec_l2_ops',

@@ -71,9 +71,10 @@ def test_a_trigger_that_changes_the_workers_session_settings(conn, dsn, images):
     conn.execute("SELECT ml.create_embedding('canary', 'px', 'path')")
     conn.execute("CREATE TABLE t (id int PRIMARY KEY, path text)")
     conn.execute("INSERT INTO t SELECT i, i || '.png' FROM generate_series(1, 3) i")
+    conn.execute("CREATE TABLE seen (id int)")  # named as the owner's sessions name it (no schema, no search_path)
     conn.execute("CREATE FUNCTION spoil() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
                  "IF NEW.embedding IS NOT NULL THEN PERFORM set_config('default_transaction_read_only', 'on', false); "
-                 "END IF; RETURN NEW; END $$")
+                 "INSERT INTO seen VALUES (NEW.id); END IF; RETURN NEW; END $$")
     conn.execute("CREATE TRIGGER spoil BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION spoil()")
     job = conn.execute("SELECT ml.create_embedding('t', 'px', 'path')").fetchone()[0]
     with running_worker(dsn, [images], batch_size=1):
@@ -82,3 +83,4 @@ def test_a_trigger_that_changes_the_workers_session_settings(conn, dsn, images):
         wait_for(lambda: conn.execute("SELECT embedding IS NOT NULL FROM canary").fetchone()[0], timeout=10)
     assert conn.execute("SELECT count(*) FROM t WHERE embedding IS NOT NULL").fetchone()[0] == 3
     assert conn.execute("SELECT count(*) FROM ml.errors").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM seen").fetchone()[0] == 3
