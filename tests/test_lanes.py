@@ -164,3 +164,53 @@ def test_a_worker_without_jobs_still_builds_a_deferred_index(dsn, setup, tiny_di
         wait_for(lambda: conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'notes' AND indexdef LIKE '%%hnsw%%'")
                  .fetchone()[0] == 1, timeout=30)
         assert len(worker.lanes) == 1 and worker.errors == 0
+
+
+def test_a_job_lane_takes_the_cores_the_other_lanes_leave():
+    """A job lane's Share: its idle count while the rows and query-time lanes have nothing to do, its busy
+    count from the first progress report after a row batch or an answered call (for BUSY_HOLD seconds),
+    and no change to a count the job pinned itself (a small model's one thread)."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from pgsight.worker.lanes import BUSY_HOLD, Share, default_threads, job_threads, pinned_threads
+
+    assert job_threads("cpu", 3) == (3, 3)
+    idle, busy = job_threads("cpu", None, lanes=1)
+    assert idle >= 1 and busy == max(1, idle // 2) and job_threads("cpu", None, lanes=idle * 2) == (1, 1)
+    worker = SimpleNamespace(busy_at=0.0, served=0)
+    worker.rpc_served = lambda: worker.served
+    share = Share(worker, idle=default_threads() + 2, busy=default_threads() + 1)  # distinguishable on any machine
+    seen: list[tuple[str, int]] = []
+
+    def fit(what: str) -> None:
+        share._checked = 0.0  # no 50 ms throttle in a test
+        share.fit()
+        torch.ones(64, 64) @ torch.ones(64, 64)
+        seen.append((what, torch.get_num_threads()))
+
+    def job() -> None:
+        share.start()
+        fit("idle")
+        worker.busy_at = time.monotonic()  # the row lane's batch
+        fit("rows")
+        worker.busy_at = time.monotonic() - BUSY_HOLD - 0.1
+        fit("rows done")
+        worker.served += 1  # a query-time call answered
+        fit("rpc")
+        with pinned_threads(1):
+            worker.busy_at = time.monotonic() - BUSY_HOLD - 0.1
+            fit("pinned")
+        fit("after pinned")
+
+    t = threading.Thread(target=job)
+    t.start()
+    t.join()
+    i, b = share.idle, share.busy
+    assert seen == [("idle", i), ("rows", b), ("rows done", i), ("rpc", b), ("pinned", 1), ("after pinned", i)]
+    assert torch.get_num_threads() == default_threads()  # this thread's and the default's untouched
+    later: list[int] = []
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert later == [default_threads()]

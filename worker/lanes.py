@@ -6,10 +6,16 @@ Each lane has its own database connection(s) and its own share of the device:
 
 - **CPU threads.** torch's intra-op thread count is per OS thread once that thread has run its first
   op, but `torch.set_num_threads` also changes the process-wide default that threads copy at their
-  first op. A job lane sets its own count before its first job and puts the default back
+  first op. A job lane sets its own count before each job and puts the default back
   (`use_own_threads`; again after every job, in case a model's code set it), so the row and
-  query-time lanes keep torch's default (one per core) while a job lane uses half the cores (at least
-  one: one on a 2-core machine): together they never ask for more than about 1.5x the cores.
+  query-time lanes keep torch's default (one per core). On a CPU a job takes all the cores (its share
+  of them with `max_jobs` lanes) while the other lanes have nothing to do, and half of that (at least
+  one) from its next progress report after a row batch or a query-time answer, until they have been
+  idle for `BUSY_HOLD` seconds (`Share`, checked at every `JobContext.progress`): a job step already
+  running keeps its threads to its end. Half, not none: at nice +10 (below) the job's threads already
+  yield the cores to the rows; fewer of them only means fewer OpenMP team members to preempt (an
+  OpenMP barrier waits for its slowest thread, so a job team of all cores with one core taken by the
+  rows wastes the other's time spinning). `WorkerConfig.job_threads` fixes the count instead.
 - **CPU priority.** On a CPU-only machine a job lane thread runs at nice +10 from its first job on (Linux: niceness is per
   thread, and the threads it starts - torch's OpenMP team, a data loader - inherit it): when the row
   lane and a job both want the cores, the row lane gets most of them; an idle row lane leaves them to
@@ -31,6 +37,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -48,15 +57,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def job_threads(device: str, configured: int | None = None) -> int:
-    """torch intra-op threads for a job lane: `configured`, else on a CPU half of what the other lanes
-    use (torch's default, at most the cores this process may run on; at least one), else torch's
-    default (a GPU does the work; the CPU threads only feed it)."""
+def job_threads(device: str, configured: int | None = None, lanes: int = 1) -> tuple[int, int]:
+    """torch intra-op threads of a job lane: (while the row and query-time lanes are idle, while they
+    are busy). `configured`: that many, always. Else on a CPU the cores this process may run on (at
+    most torch's default), shared among `lanes` job lanes, and half of that share while the other lanes
+    work (at least one); on a GPU torch's default (the device does the work; the threads only feed it)."""
     if configured:
-        return configured
+        return configured, configured
     if str(device).startswith("cuda"):
-        return default_threads()
-    return max(1, min(default_threads(), cores()) // 2)
+        return default_threads(), default_threads()
+    share = max(1, min(default_threads(), cores()) // max(1, lanes))
+    return share, max(1, share // 2)
 
 
 _default_threads: int | None = None
@@ -99,6 +110,87 @@ def use_own_threads(n: int) -> None:
     restore_default_threads()
 
 
+BUSY_HOLD = 1.0  # seconds: the other lanes count as busy this long after their last work
+
+
+class Share:
+    """A job lane's torch threads, following the other lanes: all of its share of the cores while the
+    row and query-time lanes are idle, half of it from the first progress report after they work again
+    (for `BUSY_HOLD` seconds after their last batch or call). Checked by `fit_threads` at every progress
+    report of the job (JobContext.progress), on the job's thread: its thread count is its own (see
+    `use_own_threads`). A count the job's code set itself (a small model's one thread) is left alone."""
+
+    def __init__(self, worker: Worker, idle: int, busy: int) -> None:
+        self.worker = worker
+        self.idle, self.busy = idle, busy
+        self.current = idle
+        self.changes = 0
+        self.pinned = 0  # inside pinned_threads: the job chose its count
+        self._served = -1
+        self._checked = 0.0
+
+    def start(self) -> None:
+        """On the job's thread, before it runs: its own count, the idle one."""
+        use_own_threads(self.idle)
+        self.current = self.idle
+
+    def fit(self) -> None:
+        if self.idle == self.busy or self.pinned:
+            return
+        now = time.monotonic()
+        if now - self._checked < 0.05:
+            return
+        self._checked = now
+        served = self.worker.rpc_served()
+        if served != self._served:  # a query-time call answered since the last look
+            if self._served >= 0:
+                self.worker.busy_at = now
+            self._served = served
+        want = self.busy if now - self.worker.busy_at < BUSY_HOLD else self.idle
+        if want == self.current:
+            return
+        import torch
+
+        if torch.get_num_threads() != self.current:  # the job set its own count: its business
+            return
+        torch.set_num_threads(want)
+        restore_default_threads()
+        self.current = want
+        self.changes += 1
+
+
+_lane = threading.local()
+
+
+def fit_threads() -> None:
+    """On a job lane's thread: its torch threads follow the other lanes (Share); elsewhere nothing."""
+    share: Share | None = getattr(_lane, "share", None)
+    if share is not None:
+        share.fit()
+
+
+@contextmanager
+def pinned_threads(n: int) -> Iterator[None]:
+    """`n` torch intra-op threads for this thread during the block, the count before it after; on a job
+    lane, its Share leaves the count alone meanwhile (a small model's one thread: vilt's
+    one_thread_if_small). The process-wide default stays torch's (`restore_default_threads`)."""
+    import torch
+
+    share: Share | None = getattr(_lane, "share", None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    restore_default_threads()
+    if share is not None:
+        share.pinned += 1
+    try:
+        yield
+    finally:
+        if share is not None:
+            share.pinned -= 1
+        torch.set_num_threads(before)
+        restore_default_threads()
+
+
 def lower_priority(nice: int) -> None:
     """Raise this thread's niceness by `nice` (Linux: per thread; threads it starts inherit it)."""
     if nice <= 0 or not hasattr(os, "setpriority"):
@@ -122,7 +214,7 @@ class JobLane:
         self.errors = 0
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._db: WorkerDB | None = None
-        self._settled = False
+        self.share: Share | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -184,24 +276,26 @@ class JobLane:
             return False
         from pgsight.worker.training import run_job  # the model libraries: only once there is a job
 
-        self._settle()
+        share = self._settle()
+        share.start()  # the idle count again: a job may have called torch.set_num_threads itself
+        _lane.share = share
         try:
             run_job(self.worker, db.conn, job)
         finally:
-            restore_default_threads()  # a job may have called torch.set_num_threads itself
+            _lane.share = None
+            restore_default_threads()  # the default back, whatever the job set
             self.jobs_run += 1
         return True
 
-    def _settle(self) -> None:
+    def _settle(self) -> Share:
         """This lane's share of the CPU, before its first job (not at start: an idle worker that never
         gets a job should not import torch, and stops at once)."""
-        if self._settled:
-            return
-        self._settled = True
-        config = self.worker.config
-        if not self.worker.device.startswith("cuda"):
-            lower_priority(config.job_nice)
-        use_own_threads(job_threads(self.worker.device, config.job_threads))
+        if self.share is None:
+            config = self.worker.config
+            if not self.worker.device.startswith("cuda"):
+                lower_priority(config.job_nice)
+            self.share = Share(self.worker, *job_threads(self.worker.device, config.job_threads, config.max_jobs))
+        return self.share
 
 
 def start_lanes(worker: Worker) -> list[JobLane]:
