@@ -21,7 +21,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_database, save  # noqa: E402
-from pgsight.worker.lanes import cores  # noqa: E402
+from pgsight.worker.threads import cores  # noqa: E402
 
 from pgsight.demos import datasets  # noqa: E402
 from pgsight.testing import running_worker  # noqa: E402

@@ -22,7 +22,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import bench_database, save  # noqa: E402
-from pgsight.worker.lanes import BUSY_HOLD, cores  # noqa: E402
+from pgsight.worker.threads import BUSY_HOLD, cores  # noqa: E402
 from tiny_clip import build_tiny_clip  # noqa: E402
 
 from pgsight.demos import datasets  # noqa: E402

@@ -114,7 +114,7 @@ def test_a_stopping_worker_hands_its_job_back(dsn, setup, tmp_path):
 def test_a_job_lane_thread_count_is_its_own():
     """A job lane's torch thread count changes neither a running lane's nor a later thread's."""
     torch = pytest.importorskip("torch")
-    from pgsight.worker.lanes import default_threads, use_own_threads
+    from pgsight.worker.threads import default_threads, use_own_threads
 
     n = default_threads() + 1  # distinguishable from the default on any machine
     seen: dict[str, int] = {}
@@ -173,7 +173,7 @@ def test_a_job_lane_takes_the_cores_the_other_lanes_leave():
     torch = pytest.importorskip("torch")
     from types import SimpleNamespace
 
-    from pgsight.worker.lanes import BUSY_HOLD, Share, default_threads, job_threads, pinned_threads
+    from pgsight.worker.threads import BUSY_HOLD, Share, default_threads, job_threads, pinned_threads
 
     assert job_threads("cpu", 3) == (3, 3)
     idle, busy = job_threads("cpu", None, lanes=1)

@@ -7,11 +7,11 @@ Each lane has its own database connection(s) and its own share of the device:
 - **CPU threads.** torch's intra-op thread count is per OS thread once that thread has run its first
   op, but `torch.set_num_threads` also changes the process-wide default that threads copy at their
   first op. A job lane sets its own count before each job and puts the default back
-  (`use_own_threads`; again after every job, in case a model's code set it), so the row and
+  (`threads.use_own_threads`; again after every job, in case a model's code set it), so the row and
   query-time lanes keep torch's default (one per core). On a CPU a job takes all the cores (its share
   of them with `max_jobs` lanes) while the other lanes have nothing to do, and half of that (at least
   one) from its next progress report after a row batch or a query-time answer, until they have been
-  idle for `BUSY_HOLD` seconds (`Share`, checked at every `JobContext.progress`): a job step already
+  idle for `BUSY_HOLD` seconds (`threads.Share`, checked at every `JobContext.progress`): a job step
   running keeps its threads to its end. Half, not none: at nice +10 (below) the job's threads already
   yield the cores to the rows; fewer of them only means fewer OpenMP team members to preempt (an
   OpenMP barrier waits for its slowest thread, so a job team of all cores with one core taken by the
@@ -37,158 +37,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import psycopg
 from pgsight.worker.db import WorkerDB
+from pgsight.worker.threads import Share, job_threads, restore_default_threads, running_job
 
 if TYPE_CHECKING:
     from pgsight.worker.loop import Worker
 
 log = logging.getLogger("pgsight.worker")
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def job_threads(device: str, configured: int | None = None, lanes: int = 1) -> tuple[int, int]:
-    """torch intra-op threads of a job lane: (while the row and query-time lanes are idle, while they
-    are busy). `configured`: that many, always. Else on a CPU the cores this process may run on (at
-    most torch's default), shared among `lanes` job lanes, and half of that share while the other lanes
-    work (at least one); on a GPU torch's default (the device does the work; the threads only feed it)."""
-    if configured:
-        return configured, configured
-    if str(device).startswith("cuda"):
-        return default_threads(), default_threads()
-    share = max(1, min(default_threads(), cores()) // max(1, lanes))
-    return share, max(1, share // 2)
-
-
-_default_threads: int | None = None
-
-
-def default_threads() -> int:
-    """torch's intra-op thread count as this process started (one per core, or $OMP_NUM_THREADS),
-    read once, before a job lane set its own."""
-    global _default_threads
-    if _default_threads is None:
-        import torch
-
-        _default_threads = torch.get_num_threads()
-    return _default_threads
-
-
-def restore_default_threads() -> None:
-    """Put torch's process-wide default back to `default_threads()` without touching any running
-    thread's own count (set from a thread of its own, which ends at once)."""
-    import torch
-
-    t = threading.Thread(target=torch.set_num_threads, args=(default_threads(),), name="pgsight-threads")
-    t.start()
-    t.join()
-
-
-def use_own_threads(n: int) -> None:
-    """Give this thread `n` torch intra-op threads, and no other thread.
-
-    torch copies its process-wide default into a thread at that thread's first op, and from then on the
-    thread keeps a count of its own; `torch.set_num_threads` sets the calling thread's count *and* that
-    default. So: read the default (once per process), run this thread's first op, set its count, and
-    put the default back, so that the row and query-time lanes (and any thread that starts later) keep
-    torch's default whatever a job lane uses."""
-    import torch
-
-    default_threads()
-    torch.get_num_threads()  # this thread's first op: from now on its count is its own
-    torch.set_num_threads(n)
-    restore_default_threads()
-
-
-BUSY_HOLD = 1.0  # seconds: the other lanes count as busy this long after their last work
-
-
-class Share:
-    """A job lane's torch threads, following the other lanes: all of its share of the cores while the
-    row and query-time lanes are idle, half of it from the first progress report after they work again
-    (for `BUSY_HOLD` seconds after their last batch or call). Checked by `fit_threads` at every progress
-    report of the job (JobContext.progress), on the job's thread: its thread count is its own (see
-    `use_own_threads`). A count the job's code set itself (a small model's one thread) is left alone."""
-
-    def __init__(self, worker: Worker, idle: int, busy: int) -> None:
-        self.worker = worker
-        self.idle, self.busy = idle, busy
-        self.current = idle
-        self.changes = 0
-        self.pinned = 0  # inside pinned_threads: the job chose its count
-        self._served = -1
-        self._checked = 0.0
-
-    def start(self) -> None:
-        """On the job's thread, before it runs: its own count, the idle one."""
-        use_own_threads(self.idle)
-        self.current = self.idle
-
-    def fit(self) -> None:
-        if self.idle == self.busy or self.pinned:
-            return
-        now = time.monotonic()
-        if now - self._checked < 0.05:
-            return
-        self._checked = now
-        served = self.worker.rpc_served()
-        if served != self._served:  # a query-time call answered since the last look
-            if self._served >= 0:
-                self.worker.busy_at = now
-            self._served = served
-        want = self.busy if now - self.worker.busy_at < BUSY_HOLD else self.idle
-        if want == self.current:
-            return
-        import torch
-
-        if torch.get_num_threads() != self.current:  # the job set its own count: its business
-            return
-        torch.set_num_threads(want)
-        restore_default_threads()
-        self.current = want
-        self.changes += 1
-
-
-_lane = threading.local()
-
-
-def fit_threads() -> None:
-    """On a job lane's thread: its torch threads follow the other lanes (Share); elsewhere nothing."""
-    share: Share | None = getattr(_lane, "share", None)
-    if share is not None:
-        share.fit()
-
-
-@contextmanager
-def pinned_threads(n: int) -> Iterator[None]:
-    """`n` torch intra-op threads for this thread during the block, the count before it after; on a job
-    lane, its Share leaves the count alone meanwhile (a small model's one thread: vilt's
-    one_thread_if_small). The process-wide default stays torch's (`restore_default_threads`)."""
-    import torch
-
-    share: Share | None = getattr(_lane, "share", None)
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    restore_default_threads()
-    if share is not None:
-        share.pinned += 1
-    try:
-        yield
-    finally:
-        if share is not None:
-            share.pinned -= 1
-        torch.set_num_threads(before)
-        restore_default_threads()
 
 
 def lower_priority(nice: int) -> None:
@@ -278,11 +136,10 @@ class JobLane:
 
         share = self._settle()
         share.start()  # the idle count again: a job may have called torch.set_num_threads itself
-        _lane.share = share
         try:
-            run_job(self.worker, db.conn, job)
+            with running_job(share):
+                run_job(self.worker, db.conn, job)
         finally:
-            _lane.share = None
             restore_default_threads()  # the default back, whatever the job set
             self.jobs_run += 1
         return True

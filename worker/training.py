@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from pgsight.worker import store
 from pgsight.worker.db import Job, ModelInfo, WorkerDB
-from pgsight.worker.lanes import fit_threads
 from pgsight.worker.models.kinds import kind as model_kind
+from pgsight.worker.threads import fit_threads
 
 if TYPE_CHECKING:
     from pgsight.worker.loop import Worker

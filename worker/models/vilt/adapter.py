@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pgsight.worker.lanes import pinned_threads
 from pgsight.worker.models import Adapter
 from pgsight.worker.prep import RESIZE, Prep
+from pgsight.worker.threads import pinned_threads
 from PIL import Image
 
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
