@@ -34,12 +34,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--fixed-all", action="store_true", help="also a fixed count of all the cores")
     args = ap.parse_args()
-    settings = {  # WorkerConfig.job_threads
-        "default (all cores while rows are idle)": None,
+    settings: dict[str, int | None] = {  # WorkerConfig.job_threads
+        "default (all cores while rows are idle, measured)": None,
         "half the cores (the job lane before)": max(1, cores() // 2),
-        "all the cores, fixed": cores(),
     }
+    if args.fixed_all:
+        settings["all the cores, fixed"] = cores()
     options = {"image_col": "image_path", "batch_size": args.batch, "max_epochs": args.epochs, "arch": args.arch,
                "image_size": 32, "pretrained": False}
     runs: dict[str, list[dict]] = {k: [] for k in settings}
@@ -48,9 +50,13 @@ def main() -> None:
         rows = [r for r in datasets.write_digits(root) if r["split"] == "train"][: args.images]
         with psycopg.connect(dsn, autocommit=True) as conn:
             datasets.load_table(conn, "digits", rows)
+            with running_worker(dsn, [root], cache_dir=root / "cache"):  # warm-up: imports, first ops
+                job = conn.execute("SELECT ml.build_model('warm', 'simclr', 'SELECT * FROM digits', %s)",
+                                   (json.dumps({**options, "max_epochs": 1}),)).fetchone()[0]
+                conn.execute("SELECT ml.wait(%s, '1 hour')", (job,))
             for r in range(args.repeat):
                 for name, threads in settings.items():
-                    with running_worker(dsn, [root], cache_dir=root / "cache", job_threads=threads):
+                    with running_worker(dsn, [root], cache_dir=root / "cache", job_threads=threads) as worker:
                         t0 = time.perf_counter()
                         job = conn.execute("SELECT ml.build_model(%s, 'simclr', 'SELECT * FROM digits', %s)",
                                            (f"m{r}_{threads}", json.dumps(options))).fetchone()[0]
@@ -59,10 +65,14 @@ def main() -> None:
                         result, error = conn.execute("SELECT result, error FROM ml.jobs WHERE id = %s",
                                                      (job,)).fetchone()
                         assert status == "done", error
+                        share = worker.lanes[0].share
                     runs[name].append({"wall_seconds": round(wall, 2), "train_seconds": result["train_seconds"],
-                                       "images_per_s": result["images_per_s"]})
+                                       "images_per_s": result["images_per_s"],
+                                       "thread_changes": share.changes if share else 0,
+                                       "steps_per_s": {k: round(v, 3) for k, v in (share.rates if share else {}).items()}})
                     print(f"run {r + 1} {name}: {runs[name][-1]}", flush=True)
-    summary = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in runs.items()}
+    summary = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_seconds", "train_seconds", "images_per_s")}
+               for k, v in runs.items()}
     out = {"bench": "job_cores", "args": vars(args), "cores": cores(), "images": len(rows), "summary": summary,
            "runs": runs}
     print(json.dumps(summary, indent=2))

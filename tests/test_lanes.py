@@ -173,7 +173,7 @@ def test_a_job_lane_takes_the_cores_the_other_lanes_leave():
     torch = pytest.importorskip("torch")
     from types import SimpleNamespace
 
-    from pgsight.worker.threads import BUSY_HOLD, Share, default_threads, job_threads, pinned_threads
+    from pgsight.worker.threads import BUSY_HOLD, Share, default_threads, job_threads, pinned_threads, running_job
 
     assert job_threads("cpu", 3) == (3, 3)
     idle, busy = job_threads("cpu", None, lanes=1)
@@ -190,6 +190,10 @@ def test_a_job_lane_takes_the_cores_the_other_lanes_leave():
         seen.append((what, torch.get_num_threads()))
 
     def job() -> None:
+        with running_job(share):
+            steps()
+
+    def steps() -> None:
         share.start()
         fit("idle")
         worker.busy_at = time.monotonic()  # the row lane's batch
@@ -214,3 +218,40 @@ def test_a_job_lane_takes_the_cores_the_other_lanes_leave():
     t.start()
     t.join()
     assert later == [default_threads()]
+
+
+@pytest.mark.parametrize("seconds_per_step", [{"idle": 0.1, "busy": 0.18}, {"idle": 0.5, "busy": 0.1}],
+                         ids=["quiet machine: all cores win", "cores taken by others: half wins"])
+def test_a_job_lane_keeps_the_thread_count_that_trains_faster(seconds_per_step):
+    """With the other lanes idle, a Share measures steps per second with all the cores, then with half,
+    runs the faster for a while, and measures again (a fake clock: one step = one progress report)."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from pgsight.worker.threads import EXPLOIT_MIN, Share, default_threads
+
+    clock = [0.0]
+    worker = SimpleNamespace(busy_at=-100.0, rpc_served=lambda: 0)
+    share = Share(worker, idle=default_threads() + 2, busy=default_threads() + 1, clock=lambda: clock[0])
+    names = {share.idle: "idle", share.busy: "busy"}
+    faster = min(seconds_per_step, key=seconds_per_step.get)
+    counts: list[tuple[float, str]] = []
+
+    def job() -> None:
+        share.start()
+        while clock[0] < EXPLOIT_MIN + 10:
+            clock[0] += seconds_per_step[names[torch.get_num_threads()]]  # a training step, then its report
+            share.fit()
+            counts.append((clock[0], names[torch.get_num_threads()]))
+
+    t = threading.Thread(target=job)
+    t.start()
+    t.join()
+    probed = [name for _, name in counts[:40]]
+    assert probed[0] == "idle" and "busy" in probed  # both measured, all the cores first
+    assert share.rates[share.idle] == pytest.approx(1 / seconds_per_step["idle"], rel=0.2)
+    assert share.rates[share.busy] == pytest.approx(1 / seconds_per_step["busy"], rel=0.2)
+    kept = [name for at, name in counts if 5 < at < EXPLOIT_MIN]
+    assert kept and set(kept) == {faster}
+    again = {name for at, name in counts if at > EXPLOIT_MIN}
+    assert again == {"idle", "busy"}  # measured again after a while

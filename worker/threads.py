@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -79,51 +79,104 @@ def use_own_threads(n: int) -> None:
 
 
 BUSY_HOLD = 1.0  # seconds: the other lanes count as busy this long after their last work
+PROBE_SECONDS, PROBE_STEPS = 0.5, 2  # a probe measures one thread count over at least this long and this many steps
+PREFER_ALL = 1.2  # half the cores must train this much faster than all of them to be kept (noise, warm-up)
+EXPLOIT = 8  # the faster count then runs this many times as long as probing took (at least EXPLOIT_MIN s)
+EXPLOIT_MIN = 30.0
 
 
 class Share:
-    """A job lane's torch threads, following the other lanes: all of its share of the cores while the
-    row and query-time lanes are idle, half of it from the first progress report after they work again
-    (for `BUSY_HOLD` seconds after their last batch or call). Checked by `fit_threads` at every progress
-    report of the job (JobContext.progress), on the job's thread: its thread count is its own (see
-    `use_own_threads`). A count the job's code set itself (a small model's one thread) is left alone."""
+    """A job lane's torch threads, following the other lanes and what the machine gives. Checked by
+    `fit_threads` at every progress report of the job (JobContext.progress: about once per training
+    step), on the job's thread, whose count is its own (`use_own_threads`).
 
-    def __init__(self, worker: Lanes, idle: int, busy: int) -> None:
+    - While the row or query-time lane works (for `BUSY_HOLD` seconds after its last batch or answered
+      call): `busy` threads (half the cores).
+    - Else the count that trains faster, measured: steps per second (progress reports) over a probe
+      window with `idle` threads (all the cores), then with `busy`; the faster one (`busy` only when
+      `PREFER_ALL` times faster: image loading reports progress too, and the first steps warm up)
+      runs for `EXPLOIT` times the probing's length (at least `EXPLOIT_MIN` s), then both are measured
+      again. On a quiet machine all the
+      cores win (about twice as fast on two); on a machine whose cores other programs take (a
+      shared host, a CI runner), an OpenMP team of all the cores at nice +10 waits at every barrier
+      for a member that is not scheduled, and a small model's steps become many times slower than on
+      one thread: then the probe keeps half.
+    - A count the job pinned (`pinned_threads`: a small model's one thread) is left alone.
+    """
+
+    def __init__(self, worker: Lanes, idle: int, busy: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.worker = worker
         self.idle, self.busy = idle, busy
+        self.clock = clock
         self.current = idle
         self.changes = 0
         self.pinned = 0  # inside pinned_threads: the job chose its count
+        self.rates: dict[int, float] = {}  # steps per second of each count, this probe
+        self.steps = 0  # progress reports so far
         self._served = -1
         self._checked = 0.0
+        self._window = (0.0, 0)  # (start, steps) of the current probe window
+        self._probe_started = 0.0
+        self._exploit_until = 0.0  # 0: probing
 
     def start(self) -> None:
-        """On the job's thread, before it runs: its own count, the idle one."""
+        """On the job's thread, before it runs: its own count, the idle one; a new probe."""
         use_own_threads(self.idle)
         self.current = self.idle
+        self._probe(self.clock())
+
+    def _probe(self, now: float) -> None:
+        self.rates.clear()
+        self._exploit_until = 0.0
+        self._probe_started = now
+        self._set(self.idle, now)
 
     def fit(self) -> None:
+        self.steps += 1
         if self.idle == self.busy or self.pinned:
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self._checked < 0.05:
             return
         self._checked = now
+        import torch
+
+        if torch.get_num_threads() != self.current:  # the job set a count of its own: its business
+            return
         served = self.worker.rpc_served()
         if served != self._served:  # a query-time call answered since the last look
             if self._served >= 0:
                 self.worker.busy_at = now
             self._served = served
-        want = self.busy if now - self.worker.busy_at < BUSY_HOLD else self.idle
-        if want == self.current:
+        if now - self.worker.busy_at < BUSY_HOLD:
+            self._set(self.busy, now)
+            self._exploit_until = -1.0  # measure again once the other lanes are idle
+            return
+        if self._exploit_until < 0:
+            self._probe(now)
+        elif self._exploit_until == 0:  # probing
+            t0, steps0 = self._window
+            if now - t0 >= PROBE_SECONDS and self.steps - steps0 >= PROBE_STEPS:
+                self.rates[self.current] = (self.steps - steps0) / (now - t0)
+                if self.busy not in self.rates:
+                    self._set(self.busy, now)
+                else:
+                    slower = self.rates[self.busy] > PREFER_ALL * self.rates[self.idle]
+                    self._set(self.busy if slower else self.idle, now)
+                    self._exploit_until = now + max(EXPLOIT_MIN, EXPLOIT * (now - self._probe_started))
+        elif now >= self._exploit_until:
+            self._probe(now)
+
+    def _set(self, n: int, now: float) -> None:
+        """This thread's count to `n`; a new probe window."""
+        self._window = (now, self.steps)
+        if n == self.current:
             return
         import torch
 
-        if torch.get_num_threads() != self.current:  # the job set its own count: its business
-            return
-        torch.set_num_threads(want)
+        torch.set_num_threads(n)
         restore_default_threads()
-        self.current = want
+        self.current = n
         self.changes += 1
 
 
