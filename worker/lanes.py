@@ -8,14 +8,15 @@ Each lane has its own database connection(s) and its own share of the device:
   op, but `torch.set_num_threads` also changes the process-wide default that threads copy at their
   first op. A job lane sets its own count before each job and puts the default back
   (`threads.use_own_threads`; again after every job, in case a model's code set it), so the row and
-  query-time lanes keep torch's default (one per core). On a CPU a job takes all the cores (its share
-  of them with `max_jobs` lanes) while the other lanes have nothing to do, and half of that (at least
-  one) from its next progress report after a row batch or a query-time answer, until they have been
-  idle for `BUSY_HOLD` seconds (`threads.Share`, checked at every `JobContext.progress`): a job step
-  running keeps its threads to its end. Half, not none: at nice +10 (below) the job's threads already
-  yield the cores to the rows; fewer of them only means fewer OpenMP team members to preempt (an
-  OpenMP barrier waits for its slowest thread, so a job team of all cores with one core taken by the
-  rows wastes the other's time spinning). `WorkerConfig.job_threads` fixes the count instead.
+  query-time lanes keep torch's default (one per core). On a CPU a job's count follows the other
+  lanes (`threads.Share`, checked at every progress report of the job, so a step already running
+  keeps its threads): half the cores (at least one) while rows or query-time calls are being served
+  and for a second after; otherwise all of them (their `max_jobs`-th with several job lanes) when that
+  trains faster, measured: steps per second with all, then with half, the faster kept for a while,
+  then measured again. All the cores win on a quiet machine; on a host whose cores other programs
+  take, an OpenMP team of all the cores at nice +10 waits at every barrier for a member that is not
+  scheduled, and small models' steps become many times slower than on half (measured:
+  docs/lanes.md). `WorkerConfig.job_threads` (`--job-threads`) fixes the count instead.
 - **CPU priority.** On a CPU-only machine a job lane thread runs at nice +10 from its first job on (Linux: niceness is per
   thread, and the threads it starts - torch's OpenMP team, a data loader - inherit it): when the row
   lane and a job both want the cores, the row lane gets most of them; an idle row lane leaves them to
