@@ -143,7 +143,7 @@ def worker(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
            job_threads: Optional[int] = typer.Option(
                None, "--job-threads", min=1,
                help="torch CPU threads of each job (default: on a CPU, its share of the cores while no rows or "
-               "query-time calls are being served, half of it while they are)"),
+               "query-time calls are being served when that trains faster, half of it while they are)"),
            allow_superuser: bool = typer.Option(False, "--allow-superuser",
                                                 help="no warning when the DSN logs in as a superuser"),
            log_level: str = typer.Option("INFO", "--log-level")) -> None:
