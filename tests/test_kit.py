@@ -86,3 +86,59 @@ def test_resolve_model(tmp_path):
     assert resolve_model(host, "owner/hub-id", "clip") == "owner/hub-id"
     with pytest.raises(ValueError, match="init 'nowhere' is neither a registered model nor a directory"):
         resolve_model(host, "nowhere", "simclr", what="init", hub=False)
+
+
+def test_checkpoints_resume_puts_parts_and_random_state_back(tmp_path):
+    """Checkpoints.resume: None on a fresh start (nothing touched); else every part's state and the random
+    generators back as saved, so the resumed steps are the uninterrupted ones."""
+    torch = pytest.importorskip("torch")
+    from pgsight.worker.kit.checkpoints import Checkpoints, rng_state
+
+    class Stored:
+        def __init__(self, workdir):
+            self.workdir = workdir
+            self.saved = None
+
+        def save_checkpoint(self, directory):
+            self.saved = (directory / "checkpoint.pt").read_bytes()
+
+        def load_checkpoint(self, directory):
+            if self.saved is None:
+                return False
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "checkpoint.pt").write_bytes(self.saved)
+            return True
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + s)), torch.Generator().manual_seed(seed)
+
+    def step(model, opt, schedule, gen):
+        loss = model(torch.randn(3, 4, generator=gen) + torch.randn(3, 4)).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+        return float(loss.detach())
+
+    host = Stored(tmp_path / "a")
+    model, opt, schedule, gen = parts(0)
+    checkpoints = Checkpoints(host, None)
+    assert checkpoints.resume({"model": model}) is None
+    step(model, opt, schedule, gen)
+    checkpoints.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": schedule.state_dict(),
+                      "rng": rng_state(gen), "step": 1})
+    checkpoints.wait()
+    checkpoints.close()
+    uninterrupted = [step(model, opt, schedule, gen) for _ in range(3)]
+
+    model2, opt2, schedule2, gen2 = parts(1)  # other weights and random state: all must come back
+    resumed = Checkpoints(Stored(tmp_path / "b"), None)
+    resumed.host.saved = host.saved
+    state = resumed.resume({"model": model2, "optimizer": opt2, "schedule": schedule2}, rng=(gen2,))
+    resumed.close()
+    assert state is not None and state["step"] == 1
+    assert [step(model2, opt2, schedule2, gen2) for _ in range(3)] == uninterrupted
+    assert torch.equal(model.weight, model2.weight)

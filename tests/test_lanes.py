@@ -114,7 +114,7 @@ def test_a_stopping_worker_hands_its_job_back(dsn, setup, tmp_path):
 def test_a_job_lane_thread_count_is_its_own():
     """A job lane's torch thread count changes neither a running lane's nor a later thread's."""
     torch = pytest.importorskip("torch")
-    from pgsight.worker.lanes import default_threads, use_own_threads
+    from pgsight.worker.threads import default_threads, use_own_threads
 
     n = default_threads() + 1  # distinguishable from the default on any machine
     seen: dict[str, int] = {}
@@ -164,3 +164,94 @@ def test_a_worker_without_jobs_still_builds_a_deferred_index(dsn, setup, tiny_di
         wait_for(lambda: conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'notes' AND indexdef LIKE '%%hnsw%%'")
                  .fetchone()[0] == 1, timeout=30)
         assert len(worker.lanes) == 1 and worker.errors == 0
+
+
+def test_a_job_lane_takes_the_cores_the_other_lanes_leave():
+    """A job lane's Share: its idle count while the rows and query-time lanes have nothing to do, its busy
+    count from the first progress report after a row batch or an answered call (for BUSY_HOLD seconds),
+    and no change to a count the job pinned itself (a small model's one thread)."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from pgsight.worker.threads import BUSY_HOLD, Share, default_threads, job_threads, pinned_threads, running_job
+
+    assert job_threads("cpu", 3) == (3, 3)
+    idle, busy = job_threads("cpu", None, lanes=1)
+    assert idle >= 1 and busy == max(1, idle // 2) and job_threads("cpu", None, lanes=idle * 2) == (1, 1)
+    worker = SimpleNamespace(busy_at=0.0, served=0)
+    worker.rpc_served = lambda: worker.served
+    share = Share(worker, idle=default_threads() + 2, busy=default_threads() + 1)  # distinguishable on any machine
+    seen: list[tuple[str, int]] = []
+
+    def fit(what: str) -> None:
+        share._checked = 0.0  # no 50 ms throttle in a test
+        share.fit()
+        torch.ones(64, 64) @ torch.ones(64, 64)
+        seen.append((what, torch.get_num_threads()))
+
+    def job() -> None:
+        with running_job(share):
+            steps()
+
+    def steps() -> None:
+        share.start()
+        fit("idle")
+        worker.busy_at = time.monotonic()  # the row lane's batch
+        fit("rows")
+        worker.busy_at = time.monotonic() - BUSY_HOLD - 0.1
+        fit("rows done")
+        worker.served += 1  # a query-time call answered
+        fit("rpc")
+        with pinned_threads(1):
+            worker.busy_at = time.monotonic() - BUSY_HOLD - 0.1
+            fit("pinned")
+        fit("after pinned")
+
+    t = threading.Thread(target=job)
+    t.start()
+    t.join()
+    i, b = share.idle, share.busy
+    assert seen == [("idle", i), ("rows", b), ("rows done", i), ("rpc", b), ("pinned", 1), ("after pinned", i)]
+    assert torch.get_num_threads() == default_threads()  # this thread's and the default's untouched
+    later: list[int] = []
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert later == [default_threads()]
+
+
+@pytest.mark.parametrize("seconds_per_step", [{"idle": 0.1, "busy": 0.18}, {"idle": 0.5, "busy": 0.1}],
+                         ids=["quiet machine: all cores win", "cores taken by others: half wins"])
+def test_a_job_lane_keeps_the_thread_count_that_trains_faster(seconds_per_step):
+    """With the other lanes idle, a Share measures steps per second with all the cores, then with half,
+    runs the faster for a while, and measures again (a fake clock: one step = one progress report)."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from pgsight.worker.threads import EXPLOIT_MIN, Share, default_threads
+
+    clock = [0.0]
+    worker = SimpleNamespace(busy_at=-100.0, rpc_served=lambda: 0)
+    share = Share(worker, idle=default_threads() + 2, busy=default_threads() + 1, clock=lambda: clock[0])
+    names = {share.idle: "idle", share.busy: "busy"}
+    faster = min(seconds_per_step, key=seconds_per_step.get)
+    counts: list[tuple[float, str]] = []
+
+    def job() -> None:
+        share.start()
+        while clock[0] < EXPLOIT_MIN + 10:
+            clock[0] += seconds_per_step[names[torch.get_num_threads()]]  # a training step, then its report
+            share.fit()
+            counts.append((clock[0], names[torch.get_num_threads()]))
+
+    t = threading.Thread(target=job)
+    t.start()
+    t.join()
+    probed = [name for _, name in counts[:40]]
+    assert probed[0] == "idle" and "busy" in probed  # both measured, all the cores first
+    assert share.rates[share.idle] == pytest.approx(1 / seconds_per_step["idle"], rel=0.2)
+    assert share.rates[share.busy] == pytest.approx(1 / seconds_per_step["busy"], rel=0.2)
+    kept = [name for at, name in counts if 5 < at < EXPLOIT_MIN]
+    assert kept and set(kept) == {faster}
+    again = {name for at, name in counts if at > EXPLOIT_MIN}
+    assert again == {"idle", "busy"}  # measured again after a while

@@ -6,10 +6,17 @@ Each lane has its own database connection(s) and its own share of the device:
 
 - **CPU threads.** torch's intra-op thread count is per OS thread once that thread has run its first
   op, but `torch.set_num_threads` also changes the process-wide default that threads copy at their
-  first op. A job lane sets its own count before its first job and puts the default back
-  (`use_own_threads`; again after every job, in case a model's code set it), so the row and
-  query-time lanes keep torch's default (one per core) while a job lane uses half the cores (at least
-  one: one on a 2-core machine): together they never ask for more than about 1.5x the cores.
+  first op. A job lane sets its own count before each job and puts the default back
+  (`threads.use_own_threads`; again after every job, in case a model's code set it), so the row and
+  query-time lanes keep torch's default (one per core). On a CPU a job's count follows the other
+  lanes (`threads.Share`, checked at every progress report of the job, so a step already running
+  keeps its threads): half the cores (at least one) while rows or query-time calls are being served
+  and for a second after; otherwise all of them (their `max_jobs`-th with several job lanes) when that
+  trains faster, measured: steps per second with all, then with half, the faster kept for a while,
+  then measured again. All the cores win on a quiet machine; on a host whose cores other programs
+  take, an OpenMP team of all the cores at nice +10 waits at every barrier for a member that is not
+  scheduled, and small models' steps become many times slower than on half (measured:
+  docs/lanes.md). `WorkerConfig.job_threads` (`--job-threads`) fixes the count instead.
 - **CPU priority.** On a CPU-only machine a job lane thread runs at nice +10 from its first job on (Linux: niceness is per
   thread, and the threads it starts - torch's OpenMP team, a data loader - inherit it): when the row
   lane and a job both want the cores, the row lane gets most of them; an idle row lane leaves them to
@@ -35,68 +42,12 @@ from typing import TYPE_CHECKING
 
 import psycopg
 from pgsight.worker.db import WorkerDB
+from pgsight.worker.threads import Share, job_threads, restore_default_threads, running_job
 
 if TYPE_CHECKING:
     from pgsight.worker.loop import Worker
 
 log = logging.getLogger("pgsight.worker")
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def job_threads(device: str, configured: int | None = None) -> int:
-    """torch intra-op threads for a job lane: `configured`, else on a CPU half of what the other lanes
-    use (torch's default, at most the cores this process may run on; at least one), else torch's
-    default (a GPU does the work; the CPU threads only feed it)."""
-    if configured:
-        return configured
-    if str(device).startswith("cuda"):
-        return default_threads()
-    return max(1, min(default_threads(), cores()) // 2)
-
-
-_default_threads: int | None = None
-
-
-def default_threads() -> int:
-    """torch's intra-op thread count as this process started (one per core, or $OMP_NUM_THREADS),
-    read once, before a job lane set its own."""
-    global _default_threads
-    if _default_threads is None:
-        import torch
-
-        _default_threads = torch.get_num_threads()
-    return _default_threads
-
-
-def restore_default_threads() -> None:
-    """Put torch's process-wide default back to `default_threads()` without touching any running
-    thread's own count (set from a thread of its own, which ends at once)."""
-    import torch
-
-    t = threading.Thread(target=torch.set_num_threads, args=(default_threads(),), name="pgsight-threads")
-    t.start()
-    t.join()
-
-
-def use_own_threads(n: int) -> None:
-    """Give this thread `n` torch intra-op threads, and no other thread.
-
-    torch copies its process-wide default into a thread at that thread's first op, and from then on the
-    thread keeps a count of its own; `torch.set_num_threads` sets the calling thread's count *and* that
-    default. So: read the default (once per process), run this thread's first op, set its count, and
-    put the default back, so that the row and query-time lanes (and any thread that starts later) keep
-    torch's default whatever a job lane uses."""
-    import torch
-
-    default_threads()
-    torch.get_num_threads()  # this thread's first op: from now on its count is its own
-    torch.set_num_threads(n)
-    restore_default_threads()
 
 
 def lower_priority(nice: int) -> None:
@@ -122,7 +73,7 @@ class JobLane:
         self.errors = 0
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._db: WorkerDB | None = None
-        self._settled = False
+        self.share: Share | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -184,24 +135,25 @@ class JobLane:
             return False
         from pgsight.worker.training import run_job  # the model libraries: only once there is a job
 
-        self._settle()
+        share = self._settle()
+        share.start()  # the idle count again: a job may have called torch.set_num_threads itself
         try:
-            run_job(self.worker, db.conn, job)
+            with running_job(share):
+                run_job(self.worker, db.conn, job)
         finally:
-            restore_default_threads()  # a job may have called torch.set_num_threads itself
+            restore_default_threads()  # the default back, whatever the job set
             self.jobs_run += 1
         return True
 
-    def _settle(self) -> None:
+    def _settle(self) -> Share:
         """This lane's share of the CPU, before its first job (not at start: an idle worker that never
         gets a job should not import torch, and stops at once)."""
-        if self._settled:
-            return
-        self._settled = True
-        config = self.worker.config
-        if not self.worker.device.startswith("cuda"):
-            lower_priority(config.job_nice)
-        use_own_threads(job_threads(self.worker.device, config.job_threads))
+        if self.share is None:
+            config = self.worker.config
+            if not self.worker.device.startswith("cuda"):
+                lower_priority(config.job_nice)
+            self.share = Share(self.worker, *job_threads(self.worker.device, config.job_threads, config.max_jobs))
+        return self.share
 
 
 def start_lanes(worker: Worker) -> list[JobLane]:

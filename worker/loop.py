@@ -5,8 +5,9 @@ a worker that dies stops heartbeating and its rows go to another worker (ml_inte
 request: finish the batch in flight and hand back the rest; second: exit at once (the CLI's job).
 
 Three lanes share one worker: rows (this loop), query-time calls (rpc.py's thread) and jobs (lanes.py:
-training, evaluation and deferred index builds on threads of their own, with their own connection, CPU
-threads and CUDA stream), so a long training job never holds back an INSERT's embedding.
+training, evaluation and deferred index builds on threads of their own, with their own connection and
+CPU threads, which follow the other lanes' work), so a long training job never holds back an INSERT's
+embedding.
 """
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ class WorkerConfig:
     rpc: bool = True
     jobs: bool = True          # take training/evaluation jobs
     max_jobs: int = 1          # jobs run at once, each on a job lane of its own (lanes.py)
-    job_threads: int | None = None  # torch CPU threads of a job lane (None: half the cores, at least 1)
+    # torch CPU threads of a job lane (None: on a CPU its share of the cores while no rows or query-time
+    # calls are being served, half of it while they are; lanes.py)
+    job_threads: int | None = None
     # a job lane's niceness on a CPU-only machine (0: same priority as rows; docs/lanes.md)
     job_nice: int = field(default_factory=lambda: int(os.environ.get("PGSIGHT_JOB_NICE", "10")))
     cache_dir: Path | None = None
@@ -88,6 +91,8 @@ class Worker:
         self.batches_done = 0
         self.errors = 0  # unexpected errors survived (see run)
         self.lanes: list[JobLane] = []
+        self.busy_at = 0.0  # monotonic time of the row lane's last batch (a job lane's Share reads it)
+        self._rpc: RpcServer | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -102,7 +107,7 @@ class Worker:
             self.rows.close()
             return
         if self.config.rpc:
-            rpc = RpcServer(self.config.dsn, self.models, self.loader, lambda: self.id, self.stop)
+            rpc = self._rpc = RpcServer(self.config.dsn, self.models, self.loader, lambda: self.id, self.stop)
             threads.append(threading.Thread(target=rpc.run, name="pgsight-rpc", daemon=True))
         for t in threads:
             t.start()
@@ -152,6 +157,10 @@ class Worker:
             for t in threads:
                 t.join(timeout=5)
 
+    def rpc_served(self) -> int:
+        """Query-time requests answered so far (a job lane's Share watches it)."""
+        return self._rpc.served if self._rpc is not None else 0
+
     def _wake(self) -> None:
         self.wake.set()
         for lane in self.lanes:
@@ -178,7 +187,9 @@ class Worker:
                 with WorkerDB.connect(self.config.dsn) as db:
                     self.id = db.worker_register(
                         socket.gethostname(), os.getpid(), self.device,
-                        {"batch_size": self.config.batch_size, "roots": [str(r) for r in self.loader.roots]})
+                        {"batch_size": self.config.batch_size, "roots": [str(r) for r in self.loader.roots],
+                         "jobs": self.config.jobs, "max_jobs": self.config.max_jobs,
+                         "job_threads": self.config.job_threads})
                 backoff.succeeded()
                 return
             except psycopg.Error as e:  # wrong port/role/database, no ml schema yet: say why, retry with backoff
@@ -247,6 +258,7 @@ class Worker:
                     more = False  # the queue is empty (for now): let the other feeder finish
                     continue
                 any_work = True
+                self.busy_at = time.monotonic()
                 if more and not self.stop.is_set():
                     inflight.append(self._feeder.submit(self._claim, n))
                 self.rows.compute(batch)
@@ -254,6 +266,7 @@ class Worker:
                     self.rows_done += pending_write.result()
                 pending_write = self._writer.submit(self.rows.write, write_db, self.id, batch)
                 self.batches_done += 1
+                self.busy_at = time.monotonic()
                 if self.stop.is_set():
                     break  # batches claimed ahead are handed back by worker_unregister
         finally:

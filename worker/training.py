@@ -30,6 +30,7 @@ import psycopg
 from pgsight.worker import store
 from pgsight.worker.db import Job, ModelInfo, WorkerDB
 from pgsight.worker.models.kinds import kind as model_kind
+from pgsight.worker.threads import fit_threads
 
 if TYPE_CHECKING:
     from pgsight.worker.loop import Worker
@@ -144,7 +145,9 @@ class JobContext:
     # -- progress -----------------------------------------------------------------------------
     def progress(self, done: int | None = None, total: int | None = None, force: bool = False, **info: Any) -> None:
         """Report progress (at most twice a second unless forced); raises JobStopped when the job
-        was cancelled or taken over, so training loops stop cleanly."""
+        was cancelled or taken over, so training loops stop cleanly. On a job lane, also where the
+        job's torch threads follow the other lanes' work (lanes.Share)."""
+        fit_threads()
         now = time.monotonic()
         if not force and now - self._last_report < 0.5:
             return

@@ -62,7 +62,8 @@ def _worker_role(dsn: str, name: str) -> str:
 
 
 def _run_worker(dsn: str, image_root: list[Path], device: str, batch_size: int, allow_urls: bool,
-                jobs: bool = True, allow_superuser: bool = False, allow_private_urls: bool = False) -> None:
+                jobs: bool = True, allow_superuser: bool = False, allow_private_urls: bool = False,
+                max_jobs: int = 1, job_threads: Optional[int] = None) -> None:
     import signal
     import threading
 
@@ -89,7 +90,8 @@ def _run_worker(dsn: str, image_root: list[Path], device: str, batch_size: int, 
 
     try:
         worker = Worker(WorkerConfig(dsn=dsn, image_roots=list(image_root), device=device, batch_size=batch_size,
-                                     allow_urls=allow_urls, allow_private_urls=allow_private_urls, jobs=jobs))
+                                     allow_urls=allow_urls, allow_private_urls=allow_private_urls, jobs=jobs,
+                                     max_jobs=max_jobs, job_threads=job_threads))
     except ValueError as e:
         fail(str(e))
     worker.stop, worker.wake = stop, wake
@@ -136,6 +138,12 @@ def worker(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
                False, "--allow-private-urls",
                help="with --allow-urls, also fetch from loopback, private and link-local addresses"),
            no_jobs: bool = typer.Option(False, "--no-jobs", help="leave training/evaluation jobs to other workers"),
+           max_jobs: int = typer.Option(1, "--max-jobs", min=1,
+                                        help="training/evaluation jobs run at once, each on a job lane of its own"),
+           job_threads: Optional[int] = typer.Option(
+               None, "--job-threads", min=1,
+               help="torch CPU threads of each job (default: on a CPU, its share of the cores while no rows or "
+               "query-time calls are being served when that trains faster, half of it while they are)"),
            allow_superuser: bool = typer.Option(False, "--allow-superuser",
                                                 help="no warning when the DSN logs in as a superuser"),
            log_level: str = typer.Option("INFO", "--log-level")) -> None:
@@ -152,7 +160,7 @@ def worker(dsn: Optional[str] = DsnOpt, data_dir: Optional[Path] = DataDirOpt,
         except RuntimeError as e:  # not migrated yet: the worker says what is missing
             logging.getLogger("pgsight.worker").warning("%s", e)
     _run_worker(target, image_root or [Path.cwd()], device, batch_size, allow_urls, not no_jobs, allow_superuser,
-                allow_private_urls)
+                allow_private_urls, max_jobs, job_threads)
 
 
 @app.command()

@@ -5,10 +5,17 @@ optimizer, schedule, random generators, epoch/step, history) after an epoch; a j
 `host` gives `workdir`, `save_checkpoint(dir)` and `load_checkpoint(dir) -> bool`: in the worker it
 is the job's JobContext (stored in the database, replacing the last one); tests and benchmarks pass
 hosts of their own.
+
+A kind saves `{"model": model.state_dict(), "optimizer": ..., "schedule": ..., "rng": rng_state(gen),
+...its counters}` and, at the start, `state = checkpoints.resume({"model": model, "optimizer": opt,
+"schedule": schedule}, rng=(gen,))`: None on a fresh start, else the checkpoint with those parts
+already loaded, for the kind to read its own counters from (`restore` when the parts exist at
+different times).
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,6 +58,14 @@ class Checkpoints:
             return None
         return torch.load(self.dir / "checkpoint.pt", map_location="cpu", weights_only=True)
 
+    def resume(self, parts: Mapping[str, Any], rng: Sequence[Any] | None = None) -> dict[str, Any] | None:
+        """The job's checkpoint with `parts` and `rng` loaded back (see `restore`), or None when there
+        is none (a fresh start: nothing is touched)."""
+        state = self.load()
+        if state is not None:
+            restore(state, parts, rng)
+        return state
+
     def due(self) -> bool:
         if self.share is None:  # every epoch, whatever it costs
             return True
@@ -85,6 +100,17 @@ class Checkpoints:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)  # never leave a write running past the job
+
+
+def restore(state: Mapping[str, Any], parts: Mapping[str, Any], rng: Sequence[Any] | None = None) -> None:
+    """Load a checkpoint back into the objects that saved it: `parts[key].load_state_dict(state[key])`
+    for each key (a model, an optimizer, a schedule: anything with load_state_dict), then, when `rng`
+    is given, the random state (`state["rng"]`, saved by `rng_state(*rng)`: the same generators in the
+    same order; `()` for torch's global generator only)."""
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    if rng is not None:
+        set_rng_state(state["rng"], *rng)
 
 
 def rng_state(*generators: Any) -> dict[str, Any]:

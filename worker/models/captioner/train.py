@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from pgsight.worker.kit.captions import TEXT_COLUMNS
-from pgsight.worker.kit.checkpoints import Checkpoints, rng_state, set_rng_state
+from pgsight.worker.kit.checkpoints import Checkpoints, restore, rng_state
 from pgsight.worker.kit.images import load_images
 from pgsight.worker.kit.models import resolve_model
 from pgsight.worker.kit.options import parse
@@ -137,7 +137,7 @@ def train(ctx) -> dict[str, Any]:
         torch.manual_seed(o.seed)
         model, tokenizer, processor = build(dataclasses.asdict(o), [r[2] for r in rows], resolver(ctx), workdir, tokenizer)
         if state is not None:
-            model.load_state_dict(state["model"])
+            restore(state, {"model": model})
             log.info("job %s resumes after epoch %s", ctx.job_id, state["epoch"])
         size, resample, scale, mean, std = processor_geometry(processor)
 
@@ -173,9 +173,7 @@ def train(ctx) -> dict[str, Any]:
         schedule = lambda_lr(optimizer, total, int(o.warmup_ratio * total), o.lr_schedule)  # type: ignore[arg-type]
         start_epoch, step, history = 0, 0, []
         if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            set_rng_state(state["rng"])
+            restore(state, {"optimizer": optimizer, "schedule": schedule}, rng=())
             start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["history"])
         norm = (scale, torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
         tok_files = tokenizer_files(tokenizer)

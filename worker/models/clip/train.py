@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pgsight.worker.kit.checkpoints import Checkpoints, rng_state, set_rng_state
+from pgsight.worker.kit.checkpoints import Checkpoints, rng_state
 from pgsight.worker.kit.images import load_images
 from pgsight.worker.kit.models import resolve_model
 from pgsight.worker.kit.options import parse
@@ -224,12 +224,8 @@ def train(ctx) -> dict[str, Any]:
     step, seen, compute_s, epoch_losses = 0, 0, 0.0, []
     checkpoints = Checkpoints(ctx)
     try:
-        state = checkpoints.load()
+        state = checkpoints.resume({"model": model, "optimizer": optimizer, "schedule": scheduler}, rng=(rng,))
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["schedule"])
-            set_rng_state(state["rng"], rng)
             step, seen, compute_s = state["step"], state["seen"], state["compute_s"]
             epoch_losses = list(state["epoch_losses"])
             log.info("resuming CLIP training at epoch %d of %d", len(epoch_losses) + 1, epochs)

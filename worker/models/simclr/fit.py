@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from pgsight.worker.kit import schedules
-from pgsight.worker.kit.checkpoints import Checkpoints, rng_state, set_rng_state
+from pgsight.worker.kit.checkpoints import Checkpoints, rng_state
 from pgsight.worker.models.simclr import adapter as simclr
 from pgsight.worker.models.simclr.options import SimclrOptions
 
@@ -116,12 +116,8 @@ def fit(host, images: np.ndarray, o: SimclrOptions, encoder, head, meta: dict[st
     checkpoints = Checkpoints(host, checkpoint_share)
     warmup = max(1, min(50, total // 10))  # 10% of the steps, at most 50, then cosine decay to 0
     try:
-        state = checkpoints.load()
+        state = checkpoints.resume({"encoder": encoder, "head": head, "optimizer": opt}, rng=(sampler,))
         if state is not None:
-            encoder.load_state_dict(state["encoder"])
-            head.load_state_dict(state["head"])
-            opt.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"], sampler)
             history = list(state["history"])
             log.info("resuming SimCLR training at epoch %d of %d", len(history) + 1, o.max_epochs)
         start_epoch = len(history)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from pgsight.worker.models import Adapter
 from pgsight.worker.prep import RESIZE, Prep
+from pgsight.worker.threads import pinned_threads
 from PIL import Image
 
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
@@ -43,12 +44,8 @@ def one_thread_if_small(model, device: str) -> Iterator[None]:
     if str(device).startswith("cuda") or sum(p.numel() for p in model.parameters()) >= SMALL_MODEL:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with pinned_threads(1):  # a job lane's Share leaves it alone (lanes.py)
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def load_processor(source: str):

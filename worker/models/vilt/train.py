@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pgsight.worker.kit.checkpoints import Checkpoints, rng_state, set_rng_state
+from pgsight.worker.kit.checkpoints import Checkpoints, rng_state
 from pgsight.worker.kit.images import load_images
 from pgsight.worker.kit.models import resolve_model
 from pgsight.worker.kit.options import parse
@@ -147,12 +147,8 @@ def fit(ctx, model, pixels: np.ndarray, image_rows: list[int], enc, targets: tor
     step, loss_ema, last, history = 0, None, {}, []
     checkpoints = Checkpoints(ctx)
     try:
-        state = checkpoints.load()
+        state = checkpoints.resume({"model": model, "optimizer": optimizer, "schedule": schedule}, rng=(gen,))
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            set_rng_state(state["rng"], gen)
             step, loss_ema, last, history = state["step"], state["loss_ema"], state["last"], list(state["history"])
             log.info("resuming ViLT training at epoch %d of %d", len(history) + 1, epochs)
         start_epoch = len(history)
