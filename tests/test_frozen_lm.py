@@ -109,6 +109,9 @@ def test_build_reply_frozen_weights_and_errors(dsn, talk, parts, tmp_path):
         assert conn.execute("SELECT ml.reply('fl', NULL::text, 'hi')").fetchone()[0] is None
         # ml.generate: the prompt is the context
         assert conn.execute("SELECT ml.generate('fl', %s)", (images[1],)).fetchone()[0] == reply(conn, "fl", images[1])
+        conn.execute("CALL ml.create_generation_and_wait('talk', 'fl', 'image_path', 'gen', '{\"prompt\": \"which digit?\"}')")
+        kept = dict(conn.execute("SELECT image_path, gen FROM talk WHERE id < 24"))
+        assert [kept[p] for p in images] == numerals  # the column's prompt is the context
         metrics = {m: v for m, v, _ in conn.execute(
             "SELECT * FROM ml.evaluate_generation('fl', 'SELECT image_path, comment FROM talk WHERE id < 24', "
             "'{\"meteor\": false}')")}
