@@ -103,6 +103,11 @@ def test_build_reply_frozen_weights_and_errors(dsn, talk, parts, tmp_path):
         assert set(numerals) <= {"0", "1", "7"} and len(set(numerals)) > 1, numerals
         assert len(set(named)) > 1, named
         assert reply(conn, "fl", images[0], None) == reply(conn, "fl", images[0], "")
+        # a conversation longer than the LM's 64 positions: its last turns are read
+        assert reply(conn, "fl", images[0], "hello there! " * 100 + "which digit?") == numerals[0]
+        err = str(pytest.raises(psycopg.Error, conn.execute, "SELECT ml.reply('fl', %s, '', '{\"max_new_tokens\": 63}')",
+                                (images[0],)).value)
+        assert "max_new_tokens 63 is too many for this model: its LM reads 64 positions, 2 of them the image" in err
         image_bytes = (talk / images[0]).read_bytes()
         assert conn.execute("SELECT ml.reply('fl', %s::bytea, 'what is it?')", (image_bytes,)).fetchone()[0] == \
             reply(conn, "fl", images[0], "what is it?")

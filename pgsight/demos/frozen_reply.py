@@ -5,8 +5,9 @@ on the held-out images.
 No model hub here, so the two frozen parts are made on the spot: the vision encoder is the bench's
 retrieval model (the `dual_encoder` trained in the database: its ViT, frozen), and the language model
 is a tiny GPT-2 pre-trained in Python (`pretrain_lm`, seconds) on the training comments, each read
-after `prefix_tokens` copies of its digit's word: an LM that knows what is said of a digit once the
-digit is named in its first positions, and nothing of images. The frozen_lm then trains only the
+after `prefix_tokens` copies of its digit's numeral (one token; words share first tokens, "six" and
+"seven"): an LM that knows what is said of a digit once the digit is named in its first positions,
+and nothing of images. The frozen_lm then trains only the
 projection that puts each picture where that word would be (FROMAGe maps CLIP features into OPT's
 embedding space the same way).
 """
@@ -20,7 +21,6 @@ from typing import Any
 import psycopg
 
 from pgsight.demos.commenting import RETRIEVAL, TABLE, TEST, names_right
-from pgsight.demos.datasets import DIGIT_NAMES
 from pgsight.tools.jobs import run_job
 
 FROZEN = "digits_replier"
@@ -91,7 +91,7 @@ def frozen_row(conn: psycopg.Connection, workdir: Path, options: dict[str, Any] 
     say = console.print if console else print
     t0 = time.perf_counter()
     rows = conn.execute(f"SELECT DISTINCT label, comment FROM {TABLE} WHERE split = 'train'").fetchall()
-    lm_dir = pretrain_lm([(DIGIT_NAMES[label], comment) for label, comment in rows], workdir / "frozen-lm", LM_CONFIG)
+    lm_dir = pretrain_lm([(str(label), comment) for label, comment in rows], workdir / "frozen-lm", LM_CONFIG)
     pretrain_s = round(time.perf_counter() - t0, 1)
     say(f"pre-trained the tiny LM on {len(rows)} distinct comments in {pretrain_s} s; training the frozen_lm's "
         "projection (the dual encoder's ViT and the LM frozen)...")
@@ -102,9 +102,9 @@ def frozen_row(conn: psycopg.Connection, workdir: Path, options: dict[str, Any] 
                   label=f"training {FROZEN} (frozen_lm)", timeout=7200)
     wall = round(time.perf_counter() - t0, 1)
     conn.execute("CALL ml.create_generation_and_wait('held_out', %s, 'image_path', 'replied', %s)",
-                 (FROZEN, json.dumps({"max_new_tokens": 16})))
+                 (FROZEN, json.dumps({"max_new_tokens": 24})))
     metrics = conn.execute("SELECT metric, value FROM ml.evaluate_generation(%s, %s, %s)",
-                           (FROZEN, TEST, json.dumps({"text_col": "comment", "meteor": meteor, "max_new_tokens": 16})))
+                           (FROZEN, TEST, json.dumps({"text_col": "comment", "meteor": meteor, "max_new_tokens": 24})))
     result = {m: (None if v is None else round(v, 3)) for m, v in metrics}
     result["names the right digit"] = names_right(conn, "replied")
     return {"metrics": result, "pretrain_seconds": pretrain_s, "train_seconds": wall,

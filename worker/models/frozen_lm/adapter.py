@@ -43,8 +43,7 @@ class FrozenLMAdapter(Adapter):
         self.eos_id = int(eos)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.eos_id)
-        for cfg in (model.lm.generation_config,):
-            cfg.eos_token_id, cfg.pad_token_id = self.eos_id, self.pad_id
+        model.lm.generation_config.eos_token_id, model.lm.generation_config.pad_token_id = self.eos_id, self.pad_id
         self._tok_lock = threading.Lock()
 
     @classmethod
@@ -61,14 +60,17 @@ class FrozenLMAdapter(Adapter):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
-    def context_ids(self, context: str | None) -> list[int]:
-        with self._tok_lock:
-            return self.model.context_ids(self.tokenizer, context)
-
     def generate(self, items: list[torch.Tensor], prompt: str | None, opts: dict[str, Any]) -> list[tuple[str, float]]:
-        """The reply to each image after the context `prompt` (the context is not repeated), and its score."""
+        """The reply to each image after the context `prompt` (the context is not repeated; its last
+        tokens that fit), and its score."""
         out: list[tuple[str, float]] = []
-        ctx = torch.tensor(self.context_ids(prompt), dtype=torch.long, device=self.device)
+        limit, new_tokens = self.model.positions(), int(opts.get("max_new_tokens") or self.model.max_length)
+        if limit is not None and self.model.prefix_tokens + new_tokens > limit:
+            raise ValueError(f"max_new_tokens {new_tokens} is too many for this model: its LM reads {limit} positions, "
+                             f"{self.model.prefix_tokens} of them the image")
+        with self._tok_lock:
+            ids = self.model.context_ids(self.tokenizer, prompt, new_tokens)
+        ctx = torch.tensor(ids, dtype=torch.long, device=self.device)
         lm = self.model.lm
         for b in range(0, len(items), self.batch_size):
             chunk = items[b:b + self.batch_size]

@@ -59,6 +59,10 @@ class FrozenLM(torch.nn.Module):
         self.prefix_tokens, self.max_length, self.max_context_length = int(prefix_tokens), int(max_length), int(max_context_length)
         self.lm_dim = int(lm.get_input_embeddings().embedding_dim)
         self.projection = torch.nn.Linear(vision_dim(vision), self.prefix_tokens * self.lm_dim)
+        limit = self.positions()
+        if limit is not None and self.prefix_tokens + self.max_length > limit:
+            raise ValueError(f"prefix_tokens + max_length ({self.prefix_tokens} + {self.max_length}) exceed the "
+                             f"{limit} positions of the LM: lower them")
 
     def freeze(self) -> FrozenLM:
         """The LM and the vision encoder frozen, in eval mode; only the projection trains."""
@@ -82,12 +86,24 @@ class FrozenLM(torch.nn.Module):
         out = self.projection(features.to(weight.device, weight.dtype))
         return out.view(features.shape[0], self.prefix_tokens, self.lm_dim)
 
-    def context_ids(self, tokenizer, context: str | None) -> list[int]:
-        """The context's tokens as the LM reads them (with the separator), the last ones kept."""
+    def positions(self) -> int | None:
+        """How many positions the LM reads (None: no fixed limit)."""
+        n = getattr(self.lm.config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def context_ids(self, tokenizer, context: str | None, new_tokens: int | None = None) -> list[int]:
+        """The context's tokens as the LM reads them (with the separator): the last max_context_length,
+        fewer when the image prefix, they and `new_tokens` (default max_length) would not fit the LM's
+        positions."""
         if not context or not context.strip():
             return []
-        ids = tokenizer(context.strip() + SEPARATOR, add_special_tokens=False)["input_ids"]
-        return ids[-self.max_context_length:] if self.max_context_length else ids
+        keep = self.max_context_length
+        limit = self.positions()
+        if limit is not None:
+            keep = min(keep, limit - self.prefix_tokens - (new_tokens or self.max_length))
+        if keep <= 0:
+            return []
+        return tokenizer(context.strip() + SEPARATOR, add_special_tokens=False)["input_ids"][-keep:]
 
     def teacher_forcing(self, features: torch.Tensor, contexts: list[list[int]], targets: list[list[int]],
                         pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
