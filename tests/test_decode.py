@@ -4,14 +4,16 @@ in-process loading, and a loader process that dies costing only its own row."""
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
 import torch
-from pgsight.worker.decode import ImageError, decode, tune_allocator
+from pgsight.worker import fetch
+from pgsight.worker.decode import ImageError, decode, plain_png, tune_allocator
 from pgsight.worker.images import ImageLoader
 from pgsight.worker.loaders import CRASHED, LoaderPool
-from pgsight.worker.prep import GRAY, RESIZE, SHORTEST_CROP, Prep
+from pgsight.worker.prep import GRAY, RESIZE, SHORTEST_CROP, SQUARE_CROP, Prep
 from PIL import Image
 
 
@@ -219,3 +221,70 @@ def test_loader_processes_do_not_run_the_workers_main_script(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{list(range(8))} {{}}"
     assert runs.read_text().split() == ["MainProcess"]
+
+
+def png(arr: np.ndarray, mode: str | None = None, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+RECIPES = [Prep(GRAY, (16, 16)), Prep(GRAY, (8, 8)), Prep(SHORTEST_CROP, (24, 24), int(Image.Resampling.BICUBIC), 24),
+           Prep(RESIZE, (20, 12)), Prep(SQUARE_CROP, (16, 16))]
+
+
+def test_plain_pngs_decode_fast_and_equal_pillows_path():
+    """OpenCV's decode of a plain PNG, through each recipe, gives exactly what Pillow's path gives."""
+    rng = np.random.default_rng(3)
+    for shape in [(16, 16), (48, 30), (7, 61)]:
+        for data in (png(rng.integers(0, 256, shape, dtype=np.uint8)),
+                     png(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)),
+                     png(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), optimize=True)):
+            pixels = plain_png(data, 64 << 20)
+            assert pixels is not None and pixels.dtype == np.uint8
+            for prep in RECIPES:
+                want = prep(decode(data, 64 << 20, draft=prep.draft))
+                assert np.array_equal(prep.from_array(pixels), want), (shape, prep)
+
+
+def test_png_with_more_than_pixels_goes_through_pillow():
+    """Palette, transparency, 16 bits, EXIF, colour profiles, bombs, damage: Pillow's path decides."""
+    rng = np.random.default_rng(4)
+    grey = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    others = {
+        "palette": _palette_png(grey),
+        "rgba": png(np.dstack([rgb, grey])),
+        "16-bit": png(grey.astype(np.uint16) * 257),
+        "grey with tRNS": png(grey, "L", transparency=7),
+        "exif": png(rgb, exif=exif),
+        "icc": png(rgb, icc_profile=b"\0" * 128),
+        "jpeg": photo(16, 16),
+    }
+    for what, data in others.items():
+        assert plain_png(data, 64 << 20) is None, what
+    data = png(rgb)
+    assert plain_png(data, 255) is None  # over max_pixels: decode names the bomb
+    with pytest.raises(ImageError, match="decompression bomb"):
+        decode(data, 255)
+    assert plain_png(data[:-30], 64 << 20) is None  # truncated: decode names it
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode(data[:-30], 64 << 20)
+
+
+def _palette_png(grey: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(grey, "L").convert("P").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_loader_realpath_equals_pythons(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.png").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    (tmp_path / "out").symlink_to("/etc")
+    for p in ["d/a.png", "link/a.png", "link/../d/a.png", "out/passwd", "missing/x.png", "link/missing.png", "."]:
+        path = str(tmp_path / p)
+        assert fetch.realpath(path) == os.path.realpath(path), p

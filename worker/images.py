@@ -41,7 +41,7 @@ class ImageLoader:
             raise ImageError("path contains a NUL byte")
         path = ref if os.path.isabs(ref) else os.path.join(self._root_strs[0], ref)
         try:
-            real = os.path.realpath(path)
+            real = fetch.realpath(path)
         except OSError as e:
             raise ImageError(f"cannot read {ref}: {e.strerror}") from None
         if fetch.under(real, self._root_strs):

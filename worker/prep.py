@@ -61,6 +61,14 @@ class Prep:
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
 
+    def from_array(self, pixels: np.ndarray) -> np.ndarray:
+        """`self(image)` for decoded pixels (H x W grey or H x W x 3 RGB, see decode.plain_png);
+        a grey picture already the model's size is the result as it is."""
+        if self.op == GRAY and pixels.ndim == 2 and pixels.shape == (self.size[1], self.size[0]):
+            return pixels.reshape(-1)
+        return self(Image.fromarray(pixels))
+
+
 def shortest_edge_crop(image: Image.Image, edge: int, crop: tuple[int, int], resample: int) -> Image.Image:
     """transformers' resize(shortest_edge) then center_crop, on a PIL image: the short side becomes
     `edge`, the long one int(edge * long / short); the crop starts at (size - crop) // 2 and pads
