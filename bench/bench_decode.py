@@ -83,14 +83,16 @@ def build_photos(folder: Path, size: tuple[int, int], n: int) -> list[str]:
 
 # -- models ---------------------------------------------------------------------------------------
 def clip_dir(root: Path, size: str) -> Path:
-    """A CLIP checkpoint with random weights: 'tiny' (tests' tiny towers, 224 px) or 'vitb32'
-    (CLIPConfig defaults: ViT-B/32, the compute of the real model)."""
+    """A CLIP checkpoint with random weights: 'tiny' (tests' tiny towers, 224 px, 8-px patches: the
+    model costs about what decoding does), 'tiny32' (the same with 32-px patches: 49 tokens, so
+    decoding and preprocessing are nearly all the work) or 'vitb32' (CLIPConfig defaults: ViT-B/32,
+    the compute of the real model)."""
     directory = root / f"clip-{size}"
     if not (directory / "config.json").exists():
-        if size == "tiny":
+        if size in ("tiny", "tiny32"):
             from tiny_clip import build_tiny_clip
 
-            build_tiny_clip(directory, image_size=224)
+            build_tiny_clip(directory, image_size=224, patch_size=8 if size == "tiny" else 32)
         else:
             from bench_clip_throughput import build_vit_b32
 
@@ -248,7 +250,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--photos", type=Path, default=Path(tempfile.gettempdir()) / "pgsight-bench-photos")
     ap.add_argument("--label", default="", help="a name for this run in the output file")
-    ap.add_argument("--clip", choices=["tiny", "vitb32"], default="tiny", help="the CLIP model's size")
+    ap.add_argument("--clip", choices=["tiny", "tiny32", "vitb32"], default="tiny", help="the CLIP model's size")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (CLIP in float16 there, both sides)")
     ap.add_argument("--no-plain1", action="store_true", help="skip the one-process loop (the GPU check's time)")
     args = ap.parse_args()

@@ -17,7 +17,8 @@ SENTENCES = [
 ]
 
 
-def tiny_clip_config(tokenizer, image_size: int = 32, projection_dim: int = 24, max_length: int = 16):
+def tiny_clip_config(tokenizer, image_size: int = 32, projection_dim: int = 24, max_length: int = 16,
+                     patch_size: int = 8):
     from pgsight.worker.models.clip.tokenizer import special_token_ids
     from transformers import CLIPConfig
 
@@ -35,12 +36,13 @@ def tiny_clip_config(tokenizer, image_size: int = 32, projection_dim: int = 24, 
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=image_size,
-        patch_size=8,
+        patch_size=patch_size,
     )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
-def build_tiny_clip(directory: Path, seed: int = 0, image_size: int = 32, projection_dim: int = 24) -> Path:
+def build_tiny_clip(directory: Path, seed: int = 0, image_size: int = 32, projection_dim: int = 24,
+                    patch_size: int = 8) -> Path:
     import torch
     from pgsight.worker.models.clip.tokenizer import build_tokenizer
     from transformers import CLIPModel
@@ -50,7 +52,7 @@ def build_tiny_clip(directory: Path, seed: int = 0, image_size: int = 32, projec
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(SENTENCES, num_merges=60, max_length=16)
     torch.manual_seed(seed)
-    model = CLIPModel(tiny_clip_config(tokenizer, image_size, projection_dim)).eval()
+    model = CLIPModel(tiny_clip_config(tokenizer, image_size, projection_dim, patch_size=patch_size)).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     CLIPImageProcessorPil(
