@@ -9,7 +9,7 @@ from importlib import resources
 
 #: Idempotent files, in the order they are applied (later files call functions of earlier ones).
 FUNCTION_FILES = ("internal.sql", "kinds.sql", "util.sql", "security.sql", "options.sql", "models.sql", "ddl.sql", "tasks.sql",
-                  "owner.sql", "queue.sql", "jobs.sql", "rpc.sql", "classify.sql", "generate.sql",
+                  "owner.sql", "queue.sql", "jobs.sql", "rpc.sql", "classify.sql", "generate.sql", "reply.sql",
                   "worker.sql", "training.sql", "status.sql",
                   "reference.sql", "privileges.sql")
 

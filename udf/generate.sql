@@ -10,7 +10,7 @@
 -- The kinds whose workers generate text (their adapters have generate(); worker/models/generation.py).
 CREATE OR REPLACE FUNCTION ml_private._generates(kind text) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT kind IN ('captioner', 'blip2')
+    SELECT kind IN ('captioner', 'blip2', 'frozen_lm')
 $$;
 
 CREATE OR REPLACE FUNCTION ml_private._check_generator(model_name text) RETURNS ml.models
@@ -25,7 +25,7 @@ BEGIN
     END IF;
     IF NOT ml_private._generates(m.kind) THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) does not generate text', model_name, m.kind
-            USING HINT = 'use a model of kind captioner (ml.build_model) or blip2', ERRCODE = 'invalid_parameter_value';
+            USING HINT = 'use a model of kind captioner or frozen_lm (ml.build_model) or blip2', ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN m;
 END $$;
@@ -229,9 +229,9 @@ BEGIN
 END $$;
 
 COMMENT ON FUNCTION ml.generate(text, text, text, jsonb) IS
-    'Text a captioner or blip2 model generates for an image (path or URL), after the optional prompt; options are generate()''s (docs/generation.md).';
+    'Text a captioner, frozen_lm or blip2 model generates for an image (path or URL), after the optional prompt; options are generate()''s (docs/generation.md).';
 COMMENT ON FUNCTION ml.generate(text, bytea, text, jsonb) IS
-    'Text a captioner or blip2 model generates for an image (bytes), after the optional prompt; options are generate()''s (docs/generation.md).';
+    'Text a captioner, frozen_lm or blip2 model generates for an image (bytes), after the optional prompt; options are generate()''s (docs/generation.md).';
 COMMENT ON FUNCTION ml.create_generation(regclass, text, text, text, jsonb) IS
     'Adds result_col (text) and result_col_score (real) to a table, generated for each row''s image and kept in sync; returns the backfill job id.';
 COMMENT ON FUNCTION ml.drop_generation(regclass, text) IS

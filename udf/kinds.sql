@@ -32,6 +32,11 @@ INSERT INTO ml.model_kinds (kind, modalities, outputs, metric, train_options, de
    "image_size": null, "max_length": 32, "projection_dim": 512, "train_encoders": false,
    "image_col": "image_path", "text_col": "text", "batch_size": 32, "max_epochs": 3,
    "learning_rate": 1e-4, "weight_decay": 0.1, "seed": 0, "overwrite": false}',
- 'retrieval dual encoder from two pre-trained encoders (VisionTextDualEncoderModel: ViT/Swin/BEiT/DeiT/CLIP vision + BERT/RoBERTa)')
+ 'retrieval dual encoder from two pre-trained encoders (VisionTextDualEncoderModel: ViT/Swin/BEiT/DeiT/CLIP vision + BERT/RoBERTa)'),
+('frozen_lm', '{image}', 'answer', 'cosine',
+ '{"lm": null, "vision": null, "tokenizer": null, "image_size": null, "prefix_tokens": 2, "image_col": "image_path",
+   "text_col": null, "context_col": null, "batch_size": 16, "max_epochs": 3, "learning_rate": 1e-3, "weight_decay": 0.0,
+   "warmup_ratio": 0.0, "lr_schedule": "linear", "max_length": 32, "max_context_length": 64, "seed": 0, "overwrite": false}',
+ 'replies that see the conversation (FrozenLM/FROMAGe): a frozen causal LM fed projected image embeddings of a frozen vision encoder; only the projection is trained; ml.reply, ml.generate')
 ON CONFLICT (kind) DO UPDATE SET modalities = EXCLUDED.modalities, outputs = EXCLUDED.outputs,
     metric = EXCLUDED.metric, train_options = EXCLUDED.train_options, description = EXCLUDED.description;

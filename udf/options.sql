@@ -44,6 +44,7 @@ LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
     known text[] := CASE kind WHEN 'pixels' THEN '{size}' WHEN 'clip' THEN '{}' WHEN 'simclr' THEN '{image_size}'
                               WHEN 'vilt' THEN '{image_size}' WHEN 'captioner' THEN '{}' WHEN 'dual_encoder' THEN '{}'
+                              WHEN 'frozen_lm' THEN '{}'
                               WHEN 'blip2' THEN '{prompt,max_new_tokens,max_question_tokens}' END;
     key text;
     val jsonb;

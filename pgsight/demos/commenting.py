@@ -142,17 +142,25 @@ def side_by_side(conn: psycopg.Connection, digits: list[dict], retrieval_options
 
 
 def table_lines(result: dict[str, Any]) -> list[str]:
-    """The side-by-side table as Markdown."""
+    """The side-by-side table as Markdown (with a frozen_lm column when the result has one:
+    pgsight.demos.frozen_reply)."""
     r = result["recall_by_image"]
-    lines = ["| | retrieval (dual_encoder) top-1 reply | generative (captioner) reply |", "|---|---|---|"]
+    frozen = (result.get("frozen_lm") or {}).get("metrics")
+    extra = " — |" if frozen else ""
+    lines = ["| | retrieval (dual_encoder) top-1 reply | generative (captioner) reply |"
+             + (" frozen LM (frozen_lm) reply |" if frozen else ""), "|---|---|---|" + ("---|" if frozen else "")]
     lines.append("| Recall@1 / 5 / 10, image→text (by image) | " + " / ".join(
-        f"{r[f'image→text R@{k}']:.3f}" for k in (1, 5, 10)) + " | — |")
+        f"{r[f'image→text R@{k}']:.3f}" for k in (1, 5, 10)) + " | — |" + extra)
     lines.append("| Recall@1 / 5 / 10, text→image (by image) | " + " / ".join(
-        f"{r[f'text→image R@{k}']:.3f}" for k in (1, 5, 10)) + " | — |")
+        f"{r[f'text→image R@{k}']:.3f}" for k in (1, 5, 10)) + " | — |" + extra)
     metrics = [m for m in result["captioner"] if m != "names the right digit"] + ["names the right digit"]
     for m in metrics:
         a, b = result["retrieval top-1"].get(m), result["captioner"].get(m)
-        lines.append(f"| {m} | {'—' if a is None else a} | {'—' if b is None else b} |")
+        line = f"| {m} | {'—' if a is None else a} | {'—' if b is None else b} |"
+        if frozen:
+            c = frozen.get(m)
+            line += f" {'—' if c is None else c} |"
+        lines.append(line)
     return lines
 
 

@@ -71,6 +71,8 @@ BUILTIN: dict[str, Kind] = {k.name: k for k in (
     Kind("blip2", adapter=".models.blip2.adapter:Blip2Adapter", evaluate=".models.blip2.evaluate:evaluate"),
     Kind("captioner", adapter=".models.captioner.adapter:CaptionerAdapter", train=".models.captioner.train:train",
          evaluate=".models.captioner.evaluate:evaluate", options=".models.captioner.options:CaptionerOptions"),
+    Kind("frozen_lm", adapter=".models.frozen_lm.adapter:FrozenLMAdapter", train=".models.frozen_lm.train:train",
+         evaluate=".models.frozen_lm.evaluate:evaluate", options=".models.frozen_lm.options:FrozenLMOptions"),
 )}
 
 
