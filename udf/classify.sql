@@ -12,13 +12,8 @@
 CREATE OR REPLACE FUNCTION ml_private._check_classifier(model_name text) RETURNS ml.models
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
-    m ml.models;
+    m ml.models := ml_private._model_named(model_name);
 BEGIN
-    SELECT * INTO m FROM ml.models WHERE name = model_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL')
-            USING HINT = 'see SELECT name, kind FROM ml.models';
-    END IF;
     IF NOT EXISTS (SELECT 1 FROM ml.model_kinds k WHERE k.kind = m.kind AND k.outputs = 'embedding'
                    AND k.modalities @> '{image,text}') THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) cannot label images zero-shot: it does not embed both images and texts',

@@ -16,13 +16,8 @@ $$;
 CREATE OR REPLACE FUNCTION ml_private._check_generator(model_name text) RETURNS ml.models
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
-    m ml.models;
+    m ml.models := ml_private._model_named(model_name);
 BEGIN
-    SELECT * INTO m FROM ml.models WHERE name = model_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL')
-            USING HINT = 'see SELECT name, kind FROM ml.models';
-    END IF;
     IF NOT ml_private._generates(m.kind) THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) does not generate text', model_name, m.kind
             USING HINT = 'use a model of kind captioner or frozen_lm (ml.build_model) or blip2', ERRCODE = 'invalid_parameter_value';

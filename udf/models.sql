@@ -1,5 +1,19 @@
 -- Registering models: ml.load_model / ml.drop_model (ThanoSQL's GET MODEL).
 
+-- The caller's model of that name (ml.models' row security applies), or an error naming it.
+CREATE OR REPLACE FUNCTION ml_private._model_named(model_name text) RETURNS ml.models
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
+DECLARE
+    m ml.models;
+BEGIN
+    SELECT * INTO m FROM ml.models WHERE name = model_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL')
+            USING HINT = 'see SELECT name, kind FROM ml.models', ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN m;
+END $$;
+
 CREATE OR REPLACE FUNCTION ml.load_model(name text, kind text, source text DEFAULT NULL,
                                          options jsonb DEFAULT '{}') RETURNS text
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, ml, pg_temp AS $$

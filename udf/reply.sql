@@ -6,13 +6,8 @@
 CREATE OR REPLACE FUNCTION ml_private._check_replier(model_name text) RETURNS ml.models
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, ml, pg_temp AS $$
 DECLARE
-    m ml.models;
+    m ml.models := ml_private._model_named(model_name);
 BEGIN
-    SELECT * INTO m FROM ml.models WHERE name = model_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgsight: no model named %', coalesce(quote_literal(model_name), 'NULL')
-            USING HINT = 'see SELECT name, kind FROM ml.models', ERRCODE = 'invalid_parameter_value';
-    END IF;
     IF m.kind <> 'frozen_lm' THEN
         RAISE EXCEPTION 'pgsight: model % (kind %) does not reply to a conversation', model_name, m.kind
             USING HINT = 'ml.reply needs a frozen_lm model (ml.build_model(name, ''frozen_lm'', query, options)); '
